@@ -1,0 +1,86 @@
+//! Command-line definitions (clap) and one module per subcommand.
+
+mod infer;
+mod inspect;
+mod models;
+mod request;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use edgeinfer::config::Config;
+
+/// Serve ONNX models on small boards over MQTT (Open Inference Protocol), through tract.
+#[derive(Debug, Parser)]
+#[command(name = "edgeinfer", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: load the models, connect to the broker, answer requests until stopped.
+    Serve(serve::ServeArgs),
+    /// Print each model's metadata (inputs, outputs) as Open Inference Protocol JSON.
+    Models(models::ModelsArgs),
+    /// Run one inference locally, without a broker, and print the response.
+    Infer(infer::InferArgs),
+    /// Send one request to a running daemon over MQTT and print the reply.
+    Request(request::RequestArgs),
+    /// Show an ONNX file's inputs, outputs and operators, and whether tract can load it.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Where the configuration comes from; flags override the file, the file overrides the defaults.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML config file (see systemd/edgeinfer.toml for every key)
+    #[arg(long, short = 'c', env = "EDGEINFER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Broker URL, mqtt://host:port or mqtts://host:port [config: broker.url]
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+    /// This board's id in topics [config: topics.device; default: hostname]
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self, models: Option<&PathBuf>) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(url) = &self.broker {
+            config.broker.url = url.clone();
+        }
+        if let Some(device) = &self.device {
+            config.topics.device = Some(device.clone());
+        }
+        if let Some(dir) = models {
+            config.models.repository = dir.clone();
+        }
+        Ok(config.finalize()?)
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Models(args) => models::run(args),
+        Command::Infer(args) => infer::run(args),
+        Command::Request(args) => request::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    }
+}
+
+/// The model repository for commands that need nothing else from the config.
+fn models_dir(models: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match (models, config) {
+        (Some(dir), _) => dir,
+        (None, Some(file)) => Config::from_file(file)?.models.repository,
+        (None, None) => Config::default().models.repository,
+    })
+}

@@ -1,0 +1,43 @@
+//! `edgeinfer serve`
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::ConfigArgs;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Model repository: one sub-directory per model [config: models.repository]
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit
+    #[arg(long)]
+    print_config: bool,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config.load(args.models.as_ref())?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgeinfer-io")
+        .build()?;
+    runtime.block_on(edgeinfer::daemon::serve(config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,160 @@
+//! `edgeinfer serve`: wires the data path together and takes it apart cleanly.
+//!
+//! ```text
+//! broker -> Connection (poll, route) -> Dispatcher (decode, check) -> Scheduler queue per model
+//!        <- publisher task <------------ reply channel <------------- worker threads (tract)
+//! ```
+//!
+//! Shutdown (SIGTERM, Ctrl-C): unsubscribe, refuse new requests, let the workers finish what was
+//! accepted (within `shutdown_grace_ms`), publish `stopped`, disconnect.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::model::repository::RepositoryError;
+use crate::model::ModelRepository;
+use crate::mqtt::connection::{Connection, OnConnect};
+use crate::mqtt::options::{mqtt_options, SetupError};
+use crate::mqtt::publisher::{self, Command, Outgoing};
+use crate::mqtt::{status, Topics};
+use crate::scheduler::{PoolConfig, Scheduler};
+
+/// Requests read from the broker but not yet dispatched.
+const INBOUND_CAPACITY: usize = 256;
+/// Replies computed but not yet handed to the MQTT client.
+const REPLY_CAPACITY: usize = 1024;
+/// rumqttc's own request channel.
+const CLIENT_CAPACITY: usize = 1024;
+/// How long the broker gets to take the final `stopped` status and DISCONNECT.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Mqtt(#[from] SetupError),
+}
+
+/// Runs the daemon until `shutdown` completes, then stops cleanly.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let (repository, failures) = ModelRepository::load(&config.models.repository)?;
+    for failure in &failures {
+        tracing::error!("{failure}; the other models still serve");
+    }
+    if repository.is_empty() {
+        tracing::warn!(repository = %config.models.repository.display(), "no model loaded; every request will be refused");
+    }
+    let topics = Topics::from_config(&config);
+    let device = config.device().to_string();
+    let client_id = config
+        .broker
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("edgeinfer-{device}"));
+    let mut options = mqtt_options(&config, &client_id)?;
+    options.set_last_will(LastWill::new(
+        topics.status(),
+        status::offline(&device),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    let (client, eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
+
+    let mut retained = vec![(
+        topics.status(),
+        status::online(&device, &repository.names()),
+    )];
+    for model in repository.models() {
+        let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
+        retained.push((topics.metadata(model.name()), metadata));
+    }
+    let filters = topics.request_filters();
+    let (connected, _) = watch::channel(false);
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let connection = tokio::spawn(
+        Connection {
+            eventloop,
+            client: client.clone(),
+            on_connect: OnConnect {
+                filters: filters.clone(),
+                retained,
+            },
+            requests: inbound_tx,
+            connected,
+            backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
+            backoff_max: Duration::from_millis(config.broker.reconnect_max_ms),
+            broker: config.broker.url.clone(),
+        }
+        .run(),
+    );
+
+    let (replies, replies_rx) = mpsc::channel(REPLY_CAPACITY);
+    let publisher = tokio::spawn(publisher::run(client.clone(), replies_rx));
+    let pool = PoolConfig {
+        workers_per_model: config.workers_per_model(),
+        queue_capacity: config.requests.queue_capacity,
+    };
+    let scheduler = Scheduler::start(&repository, pool, replies.clone());
+    let default_timeout = Some(config.requests.default_timeout_ms)
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
+    tokio::spawn(
+        Dispatcher {
+            topics: topics.clone(),
+            repository: repository.clone(),
+            scheduler: scheduler.clone(),
+            replies: replies.clone(),
+            max_payload_bytes: config.requests.max_payload_bytes,
+            default_timeout,
+        }
+        .run(inbound_rx),
+    );
+    tracing::info!(
+        device = %device,
+        models = ?repository.names(),
+        workers_per_model = pool.workers_per_model,
+        broker = %config.broker.url,
+        "serving"
+    );
+
+    shutdown.await;
+    tracing::info!("stopping: no new requests; finishing accepted ones");
+    for filter in filters {
+        let _ = client.try_unsubscribe(filter);
+    }
+    let grace = Duration::from_millis(config.requests.shutdown_grace_ms);
+    let draining = scheduler.clone();
+    if tokio::task::spawn_blocking(move || draining.shutdown(grace))
+        .await
+        .is_err()
+    {
+        tracing::error!("the scheduler shutdown panicked");
+    }
+    let stopped = Outgoing {
+        topic: topics.status(),
+        payload: status::stopped(&device),
+        header_len: None,
+        correlation: None,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    };
+    let _ = replies.send(Command::Publish(stopped)).await;
+    let _ = replies.send(Command::Disconnect).await;
+    drop(replies);
+    match tokio::time::timeout(DISCONNECT_TIMEOUT, connection).await {
+        Ok(_) => tracing::info!("stopped"),
+        Err(_) => tracing::warn!("broker did not take the final status in time; stopping anyway"),
+    }
+    publisher.abort();
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! edgeinfer: ONNX models on small boards, answered over MQTT.
+//!
+//! The modules follow the data path of a request:
+//!
+//! - [`mqtt`]: the broker connection (event loop, topics, status, publishing);
+//! - [`protocol`]: Open Inference Protocol decode/encode, JSON and binary;
+//! - [`dispatch`]: a message becomes a checked job or an immediate error reply;
+//! - [`scheduler`]: bounded per-model queues and inference threads;
+//! - [`model`]: ONNX -> tract plan, the model repository, `inspect`;
+//!
+//! with [`daemon`] wiring them together, [`config`] for the settings and [`client`] for callers.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod model;
+pub mod mqtt;
+pub mod protocol;
+pub mod scheduler;

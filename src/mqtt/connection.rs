@@ -1,0 +1,115 @@
+//! The MQTT event loop: it only routes. Incoming requests go to the dispatcher; every CONNACK
+//! (re)subscribes and republishes the retained status and metadata; failures back off.
+//!
+//! rumqttc reconnects by being polled again, immediately and forever, and forgets subscriptions
+//! across connections: the backoff and the resubscription are ours.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use rumqttc::Outgoing;
+use tokio::sync::{mpsc, watch};
+
+/// What to (re)establish on every successful connection.
+pub struct OnConnect {
+    /// Request subscriptions.
+    pub filters: Vec<String>,
+    /// Retained messages: device status, then each model's metadata.
+    pub retained: Vec<(String, Vec<u8>)>,
+}
+
+/// Owns the event loop until the client disconnects.
+pub struct Connection {
+    pub eventloop: EventLoop,
+    pub client: AsyncClient,
+    pub on_connect: OnConnect,
+    /// Incoming request publishes, to the dispatcher. Bounded: a full channel pauses reading from
+    /// the broker, which is the backpressure we want.
+    pub requests: mpsc::Sender<Publish>,
+    /// `true` while connected; readiness and tests watch it.
+    pub connected: watch::Sender<bool>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub broker: String,
+}
+
+impl Connection {
+    /// Polls until the client sends DISCONNECT. Never returns because the broker is away.
+    pub async fn run(mut self) {
+        let mut backoff = self.backoff_min;
+        let mut failures_in_a_row = 0u32;
+        loop {
+            match self.eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!(broker = %self.broker, "connected to broker");
+                    backoff = self.backoff_min;
+                    failures_in_a_row = 0;
+                    self.connected.send_replace(true);
+                    self.resubscribe();
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if self.requests.send(publish).await.is_err() {
+                        tracing::debug!("request dropped: dispatcher has stopped");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    for code in &ack.return_codes {
+                        if !matches!(code, SubscribeReasonCode::Success(_)) {
+                            tracing::error!(reason = ?code, "broker refused a request subscription (check its ACL)");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    self.connected.send_replace(false);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.connected.send_replace(false);
+                    failures_in_a_row += 1;
+                    let undelivered = self.eventloop.pending.len();
+                    // The first failure after a good connection is worth a warning; repeats while
+                    // the broker stays away are logged at a slower, capped rate by the backoff.
+                    tracing::warn!(
+                        broker = %self.broker,
+                        error = %e,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        attempt = failures_in_a_row,
+                        pending_publishes = undelivered,
+                        "broker connection failed"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.backoff_max);
+                }
+            }
+        }
+    }
+
+    /// Subscribes and republishes from a separate task: awaiting the client inside the poll loop
+    /// would deadlock if its request channel were full (rumqtt issue #263).
+    fn resubscribe(&self) {
+        let client = self.client.clone();
+        let filters = self.on_connect.filters.clone();
+        let retained = self.on_connect.retained.clone();
+        tokio::spawn(async move {
+            for filter in filters {
+                if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                    tracing::error!(%filter, error = %e, "could not subscribe");
+                }
+            }
+            for (topic, payload) in retained {
+                if let Err(e) = client
+                    .publish(topic.clone(), QoS::AtLeastOnce, true, payload)
+                    .await
+                {
+                    tracing::warn!(%topic, error = %e, "could not publish retained message");
+                }
+            }
+        });
+    }
+}

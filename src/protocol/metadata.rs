@@ -1,0 +1,31 @@
+//! Model metadata in the Open Inference Protocol's shape: what a client needs to build a request.
+
+use serde::{Deserialize, Serialize};
+
+use super::datatype::DataType;
+
+/// A tensor's name, datatype and shape; `-1` marks a dimension of any size (the batch dimension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+}
+
+/// The protocol's model-metadata document, published retained per model and printed by `edgeinfer models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub platform: String,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+    /// The model's `model.toml` description: says to an operator what the model is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Class labels, in output order, where the model has a labels file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+}
+
+/// The platform string for every model served here: ONNX executed by tract.
+pub const PLATFORM: &str = "onnx_tract";

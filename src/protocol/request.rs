@@ -1,0 +1,904 @@
+//! Decoding Open Inference Protocol requests: JSON, and the binary tensor extension.
+//!
+//! A request arrives as raw MQTT payload bytes. The JSON header is parsed once; each input's `data`
+//! is kept as an unparsed slice and converted straight into a typed buffer for its declared datatype,
+//! so numbers never pass through a generic JSON value tree. Binary inputs are copied from the bytes
+//! after the header without any number parsing at all.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tract_core::prelude::{f16, Datum, Tensor};
+
+use super::datatype::DataType;
+
+#[cfg(target_endian = "big")]
+compile_error!("the binary tensor extension is little-endian; big-endian hosts are not supported");
+
+/// MQTT v5 User Property that carries the JSON header length of a binary request or reply.
+pub const HEADER_LENGTH_PROPERTY: &str = "inference-header-content-length";
+
+/// A decoded, well-formed request. Whether the model accepts it is checked later, against the model.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub identity: RequestIdentity,
+    pub inputs: Vec<InputTensor>,
+    /// The outputs the client asked for, in its order; `None` means every output.
+    pub outputs: Option<Vec<RequestedOutput>>,
+    /// `parameters.binary_data_output`: every output as raw bytes unless an output says otherwise.
+    pub binary_outputs: bool,
+    /// `parameters.timeout_ms`: how long the client will wait for the answer.
+    pub timeout: Option<Duration>,
+}
+
+/// What is needed to answer a request, even one that failed to decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestIdentity {
+    /// The client's request id, echoed in the reply (top-level `id`, else `parameters.id`).
+    pub id: Option<String>,
+    /// `parameters.reply_to`: where an MQTT 3.1.1 client, which has no Response Topic, wants the reply.
+    pub reply_to: Option<String>,
+}
+
+/// One named input tensor, already in tract's representation.
+#[derive(Debug)]
+pub struct InputTensor {
+    pub name: String,
+    pub datatype: DataType,
+    pub tensor: Tensor,
+}
+
+/// An entry of the request's `outputs` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedOutput {
+    pub name: String,
+    /// `Some(true)` asks for this output as raw bytes, `Some(false)` as JSON, `None` follows the request.
+    pub binary: Option<bool>,
+}
+
+/// Why a payload is not a usable request. Each message names the offending field and what to send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("malformed request JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request has no inputs; send {{\"inputs\":[{{\"name\",\"shape\",\"datatype\",\"data\"}}]}}")]
+    NoInputs,
+    #[error("input \"{0}\" appears more than once")]
+    DuplicateInput(String),
+    #[error("input \"{name}\": {source}")]
+    UnknownDataType {
+        name: String,
+        source: super::datatype::UnknownDataType,
+    },
+    #[error(
+        "input \"{0}\": BYTES tensors are not supported by numeric models; send a numeric datatype"
+    )]
+    BytesUnsupported(String),
+    #[error("input \"{name}\": shape {shape:?} is too large")]
+    ShapeOverflow { name: String, shape: Vec<u64> },
+    #[error("input \"{name}\": has neither \"data\" nor parameters.binary_data_size")]
+    NoData { name: String },
+    #[error("input \"{name}\": {message}")]
+    BadData { name: String, message: String },
+    #[error("input \"{name}\": shape {shape:?} needs {expected} values, data has {actual}")]
+    LengthMismatch {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("input \"{name}\": binary_data_size is {actual} bytes, shape {shape:?} of {datatype} needs {expected}")]
+    BinarySizeMismatch {
+        name: String,
+        shape: Vec<usize>,
+        datatype: DataType,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("binary inputs need {needed} bytes after the {header} byte header, the payload has {available}")]
+    BinaryTruncated {
+        header: usize,
+        needed: usize,
+        available: usize,
+    },
+    #[error("{extra} bytes after the JSON header are not claimed by any input's binary_data_size")]
+    BinaryTrailing { extra: usize },
+    #[error("header length {header} (user property {HEADER_LENGTH_PROPERTY}) exceeds the {payload} byte payload")]
+    HeaderLengthTooLarge { header: usize, payload: usize },
+    #[error("user property {HEADER_LENGTH_PROPERTY} must be a byte count, got \"{0}\"")]
+    BadHeaderLength(String),
+}
+
+/// A request that could not be decoded, with whatever identity could be recovered for the reply.
+#[derive(Debug)]
+pub struct DecodeFailure {
+    pub identity: RequestIdentity,
+    pub error: DecodeError,
+}
+
+/// Parses the value of the `inference-header-content-length` user property.
+pub fn parse_header_length(value: &str) -> Result<usize, DecodeError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| DecodeError::BadHeaderLength(value.to_string()))
+}
+
+/// Decodes a request payload. `header_len` is the binary extension's JSON header length, when the
+/// message carried one; without it the whole payload is JSON.
+pub fn decode_request(
+    payload: &[u8],
+    header_len: Option<usize>,
+) -> Result<InferRequest, DecodeFailure> {
+    let (header, binary) = match header_len {
+        Some(len) if len > payload.len() => {
+            return Err(DecodeFailure {
+                identity: RequestIdentity::default(),
+                error: DecodeError::HeaderLengthTooLarge {
+                    header: len,
+                    payload: payload.len(),
+                },
+            })
+        }
+        Some(len) => payload.split_at(len),
+        None => (payload, &[][..]),
+    };
+    let raw: RawRequest<'_> = match serde_json::from_slice(header) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Err(DecodeFailure {
+                identity: recover_identity(header),
+                error: DecodeError::MalformedJson(e.to_string()),
+            })
+        }
+    };
+    let identity = raw.identity();
+    raw.into_request(identity.clone(), header.len(), binary)
+        .map_err(|error| DecodeFailure { identity, error })
+}
+
+/// Best effort for a payload that is not a valid request: if it is JSON at all, find the id and
+/// reply topic so the error still reaches the client.
+fn recover_identity(header: &[u8]) -> RequestIdentity {
+    #[derive(Deserialize)]
+    struct Loose {
+        #[serde(default, deserialize_with = "loose_id")]
+        id: Option<String>,
+        #[serde(default)]
+        parameters: Option<LooseParameters>,
+    }
+    #[derive(Deserialize)]
+    struct LooseParameters {
+        #[serde(default, deserialize_with = "loose_id")]
+        id: Option<String>,
+        #[serde(default, deserialize_with = "loose_id")]
+        reply_to: Option<String>,
+    }
+    fn loose_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(scalar_to_string(serde_json::Value::deserialize(d)?))
+    }
+    match serde_json::from_slice::<Loose>(header) {
+        Ok(loose) => {
+            let params = loose.parameters;
+            RequestIdentity {
+                id: loose
+                    .id
+                    .or_else(|| params.as_ref().and_then(|p| p.id.clone())),
+                reply_to: params.and_then(|p| p.reply_to),
+            }
+        }
+        Err(_) => RequestIdentity::default(),
+    }
+}
+
+fn scalar_to_string(v: serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Request ids are strings in the protocol; numeric ids are common enough to accept as well.
+fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        v => scalar_to_string(v)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("\"id\" must be a string or a number")),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(default, deserialize_with = "id_string")]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: RequestParameters,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<RawOutput>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RequestParameters {
+    #[serde(default, deserialize_with = "id_string")]
+    id: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    binary_data_output: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawInput<'a> {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: TensorParameters,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct TensorParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+    #[serde(default)]
+    binary_data: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawOutput {
+    name: String,
+    #[serde(default)]
+    parameters: TensorParameters,
+}
+
+impl RawRequest<'_> {
+    fn identity(&self) -> RequestIdentity {
+        RequestIdentity {
+            id: self.id.clone().or_else(|| self.parameters.id.clone()),
+            reply_to: self.parameters.reply_to.clone(),
+        }
+    }
+
+    fn into_request(
+        self,
+        identity: RequestIdentity,
+        header_len: usize,
+        binary: &[u8],
+    ) -> Result<InferRequest, DecodeError> {
+        if self.inputs.is_empty() {
+            return Err(DecodeError::NoInputs);
+        }
+        let mut inputs: Vec<InputTensor> = Vec::with_capacity(self.inputs.len());
+        let mut offset = 0usize;
+        for raw in self.inputs {
+            if inputs.iter().any(|i| i.name == raw.name) {
+                return Err(DecodeError::DuplicateInput(raw.name));
+            }
+            inputs.push(raw.into_tensor(header_len, binary, &mut offset)?);
+        }
+        if offset < binary.len() {
+            return Err(DecodeError::BinaryTrailing {
+                extra: binary.len() - offset,
+            });
+        }
+        let outputs = self.outputs.map(|outs| {
+            outs.into_iter()
+                .map(|o| RequestedOutput {
+                    name: o.name,
+                    binary: o.parameters.binary_data,
+                })
+                .collect()
+        });
+        Ok(InferRequest {
+            identity,
+            inputs,
+            outputs,
+            binary_outputs: self.parameters.binary_data_output.unwrap_or(false),
+            timeout: self.parameters.timeout_ms.map(Duration::from_millis),
+        })
+    }
+}
+
+impl RawInput<'_> {
+    fn into_tensor(
+        self,
+        header_len: usize,
+        binary: &[u8],
+        offset: &mut usize,
+    ) -> Result<InputTensor, DecodeError> {
+        let name = self.name;
+        let datatype: DataType =
+            self.datatype
+                .parse()
+                .map_err(|source| DecodeError::UnknownDataType {
+                    name: name.clone(),
+                    source,
+                })?;
+        let element_size = datatype
+            .element_size()
+            .ok_or_else(|| DecodeError::BytesUnsupported(name.clone()))?;
+        let shape = checked_shape(&name, &self.shape)?;
+        let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let byte_len = count.and_then(|c| c.checked_mul(element_size));
+        let (Some(count), Some(byte_len)) = (count, byte_len) else {
+            return Err(DecodeError::ShapeOverflow {
+                name,
+                shape: self.shape,
+            });
+        };
+        let tensor = if let Some(size) = self.parameters.binary_data_size {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size != byte_len {
+                return Err(DecodeError::BinarySizeMismatch {
+                    name,
+                    shape,
+                    datatype,
+                    expected: byte_len,
+                    actual: size,
+                });
+            }
+            let end = offset
+                .checked_add(size)
+                .filter(|&end| end <= binary.len())
+                .ok_or(DecodeError::BinaryTruncated {
+                    header: header_len,
+                    needed: offset.saturating_add(size),
+                    available: binary.len(),
+                })?;
+            let bytes = &binary[*offset..end];
+            *offset = end;
+            tensor_from_le_bytes(&name, datatype, &shape, bytes)?
+        } else if let Some(data) = self.data {
+            tensor_from_json(&name, datatype, &shape, count, data)?
+        } else {
+            return Err(DecodeError::NoData { name });
+        };
+        Ok(InputTensor {
+            name,
+            datatype,
+            tensor,
+        })
+    }
+}
+
+fn checked_shape(name: &str, shape: &[u64]) -> Result<Vec<usize>, DecodeError> {
+    shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| DecodeError::ShapeOverflow {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        })
+}
+
+fn tensor_from_le_bytes(
+    name: &str,
+    datatype: DataType,
+    shape: &[usize],
+    bytes: &[u8],
+) -> Result<Tensor, DecodeError> {
+    let dt = datatype
+        .datum_type()
+        .ok_or_else(|| DecodeError::BytesUnsupported(name.to_string()))?;
+    if datatype == DataType::Bool {
+        if let Some(pos) = bytes.iter().position(|&b| b > 1) {
+            return Err(DecodeError::BadData {
+                name: name.to_string(),
+                message: format!("BOOL byte {pos} is {}, must be 0 or 1", bytes[pos]),
+            });
+        }
+    }
+    // SAFETY: every bit pattern is a valid value of the numeric datum types, and BOOL bytes were
+    // checked above to be 0 or 1; `from_raw_dt` copies into a freshly aligned buffer.
+    unsafe { Tensor::from_raw_dt(dt, shape, bytes) }.map_err(|e| DecodeError::BadData {
+        name: name.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn tensor_from_json(
+    name: &str,
+    datatype: DataType,
+    shape: &[usize],
+    count: usize,
+    data: &RawValue,
+) -> Result<Tensor, DecodeError> {
+    fn typed<T: JsonElement>(
+        name: &str,
+        shape: &[usize],
+        count: usize,
+        data: &RawValue,
+    ) -> Result<Tensor, DecodeError> {
+        // A lying shape must not make us reserve gigabytes: every value takes at least one byte of JSON.
+        let mut values: Vec<T> = Vec::with_capacity(count.min(data.get().len()));
+        let mut de = serde_json::Deserializer::from_str(data.get());
+        Flatten {
+            out: &mut values,
+            limit: count,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| DecodeError::BadData {
+            name: name.to_string(),
+            message: clean_serde_message(&e),
+        })?;
+        if values.len() != count {
+            return Err(DecodeError::LengthMismatch {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                expected: count,
+                actual: values.len(),
+            });
+        }
+        Tensor::from_shape(shape, &values).map_err(|e| DecodeError::BadData {
+            name: name.to_string(),
+            message: e.to_string(),
+        })
+    }
+    match datatype {
+        DataType::Bool => typed::<bool>(name, shape, count, data),
+        DataType::Uint8 => typed::<u8>(name, shape, count, data),
+        DataType::Uint16 => typed::<u16>(name, shape, count, data),
+        DataType::Uint32 => typed::<u32>(name, shape, count, data),
+        DataType::Uint64 => typed::<u64>(name, shape, count, data),
+        DataType::Int8 => typed::<i8>(name, shape, count, data),
+        DataType::Int16 => typed::<i16>(name, shape, count, data),
+        DataType::Int32 => typed::<i32>(name, shape, count, data),
+        DataType::Int64 => typed::<i64>(name, shape, count, data),
+        DataType::Fp16 => typed::<f16>(name, shape, count, data),
+        DataType::Fp32 => typed::<f32>(name, shape, count, data),
+        DataType::Fp64 => typed::<f64>(name, shape, count, data),
+        DataType::Bytes => Err(DecodeError::BytesUnsupported(name.to_string())),
+    }
+}
+
+/// serde_json appends "at line 1 column N" positions relative to the `data` slice, which would
+/// mislead a reader of the whole request; the message itself is what matters.
+fn clean_serde_message(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.rfind(" at line ") {
+        Some(pos) => msg[..pos].to_string(),
+        None => msg,
+    }
+}
+
+/// An element type that JSON numbers (or booleans) convert into without loss of meaning.
+trait JsonElement: Datum + Copy {
+    const NAME: &'static str;
+    fn from_f64(v: f64) -> Option<Self>;
+    fn from_i64(v: i64) -> Option<Self>;
+    fn from_u64(v: u64) -> Option<Self>;
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+}
+
+macro_rules! integer_element {
+    ($($t:ty => $name:literal),*) => {$(
+        impl JsonElement for $t {
+            const NAME: &'static str = $name;
+            fn from_f64(v: f64) -> Option<Self> {
+                (v.fract() == 0.0 && v >= <$t>::MIN as f64 && v <= <$t>::MAX as f64).then(|| v as $t)
+            }
+            fn from_i64(v: i64) -> Option<Self> {
+                <$t>::try_from(v).ok()
+            }
+            fn from_u64(v: u64) -> Option<Self> {
+                <$t>::try_from(v).ok()
+            }
+        }
+    )*};
+}
+integer_element!(u8 => "UINT8", u16 => "UINT16", u32 => "UINT32", u64 => "UINT64",
+                 i8 => "INT8", i16 => "INT16", i32 => "INT32", i64 => "INT64");
+
+macro_rules! float_element {
+    ($($t:ty => $name:literal, $from:expr),*) => {$(
+        impl JsonElement for $t {
+            const NAME: &'static str = $name;
+            fn from_f64(v: f64) -> Option<Self> {
+                Some($from(v))
+            }
+            fn from_i64(v: i64) -> Option<Self> {
+                Some($from(v as f64))
+            }
+            fn from_u64(v: u64) -> Option<Self> {
+                Some($from(v as f64))
+            }
+        }
+    )*};
+}
+float_element!(f32 => "FP32", |v: f64| v as f32, f64 => "FP64", |v: f64| v, f16 => "FP16", f16::from_f64);
+
+impl JsonElement for bool {
+    const NAME: &'static str = "BOOL";
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_bool(v: bool) -> Option<Self> {
+        Some(v)
+    }
+}
+
+/// Pushes the leaves of arbitrarily nested JSON arrays into one flat buffer, in row-major order.
+struct Flatten<'v, T> {
+    out: &'v mut Vec<T>,
+    limit: usize,
+}
+
+impl<'de, T: JsonElement> DeserializeSeed<'de> for Flatten<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<T: JsonElement> Flatten<'_, T> {
+    fn push<E: serde::de::Error>(self, v: Option<T>, shown: &dyn fmt::Display) -> Result<(), E> {
+        if self.out.len() == self.limit {
+            return Err(E::custom(format!(
+                "more values than the shape holds ({})",
+                self.limit
+            )));
+        }
+        let v = v.ok_or_else(|| E::custom(format!("{shown} is not a valid {} value", T::NAME)))?;
+        self.out.push(v);
+        Ok(())
+    }
+}
+
+impl<'de, T: JsonElement> Visitor<'de> for Flatten<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} values, as a flat or nested array", T::NAME)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(Flatten {
+                out: &mut *self.out,
+                limit: self.limit,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(T::from_f64(v), &v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(T::from_i64(v), &v)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(T::from_u64(v), &v)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(T::from_bool(v), &v)
+    }
+}
+
+/// Reads the per-message metadata the decoder needs from MQTT v5 user properties.
+pub fn header_length_from_properties(
+    user_properties: &[(String, String)],
+) -> Option<Result<usize, DecodeError>> {
+    user_properties
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(HEADER_LENGTH_PROPERTY))
+        .map(|(_, v)| parse_header_length(v))
+}
+
+/// Re-encodes a request in the binary tensor extension: the same inputs as raw little-endian bytes
+/// after a JSON header, and binary outputs asked for. Returns the payload and the header length.
+pub fn encode_binary_request(request: &InferRequest) -> (Vec<u8>, usize) {
+    let inputs: Vec<serde_json::Value> = request
+        .inputs
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "name": i.name,
+                "shape": i.tensor.shape(),
+                "datatype": i.datatype,
+                "parameters": {"binary_data_size": i.tensor.as_bytes().len()},
+            })
+        })
+        .collect();
+    let mut header =
+        serde_json::json!({"parameters": {"binary_data_output": true}, "inputs": inputs});
+    if let Some(id) = &request.identity.id {
+        header["id"] = id.as_str().into();
+    }
+    if let Some(reply_to) = &request.identity.reply_to {
+        header["parameters"]["reply_to"] = reply_to.as_str().into();
+    }
+    if let Some(timeout) = request.timeout {
+        header["parameters"]["timeout_ms"] = (timeout.as_millis() as u64).into();
+    }
+    if let Some(outputs) = &request.outputs {
+        header["outputs"] = outputs
+            .iter()
+            .map(|o| serde_json::json!({"name": o.name}))
+            .collect();
+    }
+    let mut payload = serde_json::to_vec(&header).expect("a JSON object serialises");
+    let header_len = payload.len();
+    for input in &request.inputs {
+        payload.extend_from_slice(input.tensor.as_bytes());
+    }
+    (payload, header_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<InferRequest, DecodeFailure> {
+        decode_request(json.as_bytes(), None)
+    }
+
+    #[test]
+    fn flat_and_nested_data_give_the_same_tensor() {
+        let flat = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4.5]}]}"#,
+        )
+        .unwrap();
+        let nested = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(flat.inputs[0].tensor, nested.inputs[0].tensor);
+        assert_eq!(flat.inputs[0].tensor.shape(), &[2, 2]);
+        let view = flat.inputs[0].tensor.to_plain_array_view::<f32>().unwrap();
+        assert_eq!(
+            view.iter().copied().collect::<Vec<_>>(),
+            vec![1.0, 2.0, 3.0, 4.5]
+        );
+    }
+
+    #[test]
+    fn every_numeric_datatype_decodes() {
+        for (dt, data) in [
+            ("BOOL", "[true,false]"),
+            ("UINT8", "[0,255]"),
+            ("UINT16", "[0,65535]"),
+            ("UINT32", "[0,4294967295]"),
+            ("UINT64", "[0,18446744073709551615]"),
+            ("INT8", "[-128,127]"),
+            ("INT16", "[-32768,32767]"),
+            ("INT32", "[-2147483648,2147483647]"),
+            ("INT64", "[-9223372036854775808,9223372036854775807]"),
+            ("FP16", "[0.5,-2]"),
+            ("FP32", "[0.5,-2]"),
+            ("FP64", "[0.5,-2]"),
+        ] {
+            let json = format!(
+                r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{dt}","data":{data}}}]}}"#
+            );
+            let req = decode(&json).unwrap_or_else(|e| panic!("{dt}: {}", e.error));
+            assert_eq!(req.inputs[0].datatype.as_str(), dt);
+            assert_eq!(
+                req.inputs[0].tensor.datum_type(),
+                req.inputs[0].datatype.datum_type().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_and_fractional_integers_are_refused() {
+        for (dt, data) in [
+            ("UINT8", "[256]"),
+            ("INT8", "[-129]"),
+            ("INT32", "[1.5]"),
+            ("BOOL", "[1]"),
+        ] {
+            let json = format!(
+                r#"{{"id":"r","inputs":[{{"name":"x","shape":[1],"datatype":"{dt}","data":{data}}}]}}"#
+            );
+            let err = decode(&json).unwrap_err();
+            assert!(
+                matches!(err.error, DecodeError::BadData { .. }),
+                "{dt}: {:?}",
+                err.error
+            );
+            assert!(err.error.to_string().contains(dt), "{}", err.error);
+            assert_eq!(err.identity.id.as_deref(), Some("r"));
+        }
+    }
+
+    #[test]
+    fn data_length_must_match_shape() {
+        let short =
+            decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#)
+                .unwrap_err();
+        assert!(matches!(
+            short.error,
+            DecodeError::LengthMismatch {
+                expected: 3,
+                actual: 2,
+                ..
+            }
+        ));
+        let long =
+            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#)
+                .unwrap_err();
+        assert!(long
+            .error
+            .to_string()
+            .contains("more values than the shape holds"));
+    }
+
+    #[test]
+    fn malformed_json_still_recovers_the_identity_when_it_can() {
+        let err = decode(r#"{"id":7,"parameters":{"reply_to":"me/replies"},"inputs":"nope"}"#)
+            .unwrap_err();
+        assert!(matches!(err.error, DecodeError::MalformedJson(_)));
+        assert_eq!(err.identity.id.as_deref(), Some("7"));
+        assert_eq!(err.identity.reply_to.as_deref(), Some("me/replies"));
+        let err = decode("not json at all").unwrap_err();
+        assert_eq!(err.identity, RequestIdentity::default());
+    }
+
+    #[test]
+    fn parameters_carry_id_reply_to_timeout_and_binary_output() {
+        let req = decode(
+            r#"{"parameters":{"id":"p1","reply_to":"a/b","timeout_ms":250,"binary_data_output":true},
+                "inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[1]}],
+                "outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(req.identity.id.as_deref(), Some("p1"));
+        assert_eq!(req.identity.reply_to.as_deref(), Some("a/b"));
+        assert_eq!(req.timeout, Some(Duration::from_millis(250)));
+        assert!(req.binary_outputs);
+        assert_eq!(
+            req.outputs.unwrap()[0],
+            RequestedOutput {
+                name: "y".into(),
+                binary: Some(false)
+            }
+        );
+    }
+
+    fn binary_payload(header: &str, body: &[u8]) -> (Vec<u8>, usize) {
+        let mut payload = header.as_bytes().to_vec();
+        payload.extend_from_slice(body);
+        (payload, header.len())
+    }
+
+    #[test]
+    fn binary_inputs_are_read_after_the_header_in_order() {
+        let mut body = Vec::new();
+        for v in [1.0f32, 2.0, 3.0] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&[1, 0]);
+        let (payload, len) = binary_payload(
+            r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":12}},
+                          {"name":"b","shape":[2],"datatype":"BOOL","parameters":{"binary_data_size":2}}]}"#,
+            &body,
+        );
+        let req = decode_request(&payload, Some(len)).unwrap();
+        let a = req.inputs[0].tensor.to_plain_array_view::<f32>().unwrap();
+        assert_eq!(a.iter().copied().collect::<Vec<_>>(), vec![1.0, 2.0, 3.0]);
+        let b = req.inputs[1].tensor.to_plain_array_view::<bool>().unwrap();
+        assert_eq!(b.iter().copied().collect::<Vec<_>>(), vec![true, false]);
+    }
+
+    #[test]
+    fn binary_sizes_that_do_not_add_up_are_named() {
+        let header = r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":12}}]}"#;
+        let (payload, len) = binary_payload(header, &[0; 8]);
+        assert!(matches!(
+            decode_request(&payload, Some(len)).unwrap_err().error,
+            DecodeError::BinaryTruncated { .. }
+        ));
+        let (payload, len) = binary_payload(header, &[0; 16]);
+        assert!(matches!(
+            decode_request(&payload, Some(len)).unwrap_err().error,
+            DecodeError::BinaryTrailing { extra: 4 }
+        ));
+        let wrong = r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":10}}]}"#;
+        let (payload, len) = binary_payload(wrong, &[0; 10]);
+        assert!(matches!(
+            decode_request(&payload, Some(len)).unwrap_err().error,
+            DecodeError::BinarySizeMismatch {
+                expected: 12,
+                actual: 10,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decode_request(b"{}", Some(99)).unwrap_err().error,
+            DecodeError::HeaderLengthTooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn binary_re_encoding_decodes_to_the_same_tensors() {
+        let json = decode(
+            r#"{"id":"b","inputs":[{"name":"a","shape":[2],"datatype":"FP32","data":[1.5,2]},
+                                   {"name":"b","shape":[1,2],"datatype":"INT64","data":[[3,-4]]}]}"#,
+        )
+        .unwrap();
+        let (payload, header_len) = encode_binary_request(&json);
+        let binary = decode_request(&payload, Some(header_len)).unwrap();
+        assert_eq!(binary.identity.id.as_deref(), Some("b"));
+        assert!(binary.binary_outputs);
+        for (a, b) in json.inputs.iter().zip(&binary.inputs) {
+            assert_eq!(
+                (&a.name, a.datatype, &a.tensor),
+                (&b.name, b.datatype, &b.tensor)
+            );
+        }
+    }
+
+    #[test]
+    fn huge_shapes_do_not_allocate() {
+        let err = decode(
+            r#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,4294967296],"datatype":"FP32","data":[1]}]}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err.error, DecodeError::ShapeOverflow { .. }));
+        let err = decode(
+            r#"{"inputs":[{"name":"x","shape":[1000000000],"datatype":"FP32","data":[1]}]}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err.error, DecodeError::LengthMismatch { .. }));
+    }
+
+    #[test]
+    fn other_request_mistakes_are_named() {
+        assert!(matches!(
+            decode(r#"{"inputs":[]}"#).unwrap_err().error,
+            DecodeError::NoInputs
+        ));
+        assert!(matches!(
+            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#)
+                .unwrap_err()
+                .error,
+            DecodeError::NoData { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#)
+                .unwrap_err()
+                .error,
+            DecodeError::UnknownDataType { .. }
+        ));
+        assert!(matches!(
+            decode(
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},
+                              {"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#
+            )
+            .unwrap_err()
+            .error,
+            DecodeError::DuplicateInput(_)
+        ));
+        assert!(matches!(
+            parse_header_length("12a"),
+            Err(DecodeError::BadHeaderLength(_))
+        ));
+    }
+}

@@ -1,0 +1,366 @@
+//! Encoding Open Inference Protocol responses and error replies, and reading them back on the client side.
+
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+use serde_json::{json, Value};
+use tract_core::prelude::{f16, Datum, Tensor};
+
+use super::datatype::DataType;
+
+/// One output to send back, and whether it goes as raw bytes after the JSON header.
+#[derive(Debug)]
+pub struct OutputTensor<'a> {
+    pub name: &'a str,
+    pub tensor: &'a Tensor,
+    pub binary: bool,
+}
+
+/// A reply ready to publish. `header_len` is set when binary data follows the JSON header; it travels
+/// in the `inference-header-content-length` user property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedReply {
+    pub payload: Vec<u8>,
+    pub header_len: Option<usize>,
+}
+
+/// Machine-readable class of an error reply, so clients (and `loadgen`) can count errors by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request itself is wrong: fix it and send again.
+    BadRequest,
+    /// No model by that name is loaded on this device.
+    UnknownModel,
+    /// The payload is over `max_payload_bytes`.
+    TooLarge,
+    /// The model's queue is full: retry later or elsewhere.
+    Busy,
+    /// The request's deadline passed before it could be computed.
+    DeadlineExceeded,
+    /// The daemon is stopping and did not take the request.
+    ShuttingDown,
+    /// The engine failed on a request that looked valid.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Busy => "busy",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An output whose element type the protocol cannot carry.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "output \"{name}\" has element type {datum:?}, which the Open Inference Protocol cannot carry"
+)]
+pub struct UnsupportedOutput {
+    pub name: String,
+    pub datum: tract_core::prelude::DatumType,
+}
+
+#[derive(serde::Serialize)]
+struct ResponseHeader<'a> {
+    model_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputHeader<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct OutputHeader<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+/// Serialises a tensor as a flat row-major JSON array without an intermediate copy.
+struct JsonData<'a>(&'a Tensor, DataType);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fn seq<S: Serializer, T: Datum, U: Serialize>(
+            s: S,
+            t: &Tensor,
+            f: impl Fn(&T) -> U,
+        ) -> Result<S::Ok, S::Error> {
+            let view = t
+                .to_plain_array_view::<T>()
+                .map_err(serde::ser::Error::custom)?;
+            let mut out = s.serialize_seq(Some(view.len()))?;
+            for v in view.iter() {
+                out.serialize_element(&f(v))?;
+            }
+            out.end()
+        }
+        let t = self.0;
+        match self.1 {
+            DataType::Bool => seq::<S, bool, _>(s, t, |v| *v),
+            DataType::Uint8 => seq::<S, u8, _>(s, t, |v| *v),
+            DataType::Uint16 => seq::<S, u16, _>(s, t, |v| *v),
+            DataType::Uint32 => seq::<S, u32, _>(s, t, |v| *v),
+            DataType::Uint64 => seq::<S, u64, _>(s, t, |v| *v),
+            DataType::Int8 => seq::<S, i8, _>(s, t, |v| *v),
+            DataType::Int16 => seq::<S, i16, _>(s, t, |v| *v),
+            DataType::Int32 => seq::<S, i32, _>(s, t, |v| *v),
+            DataType::Int64 => seq::<S, i64, _>(s, t, |v| *v),
+            DataType::Fp16 => seq::<S, f16, _>(s, t, |v| v.to_f32()),
+            DataType::Fp32 => seq::<S, f32, _>(s, t, |v| *v),
+            DataType::Fp64 => seq::<S, f64, _>(s, t, |v| *v),
+            DataType::Bytes => Err(serde::ser::Error::custom("BYTES outputs are not supported")),
+        }
+    }
+}
+
+/// Encodes a successful inference reply.
+pub fn encode_response(
+    model_name: &str,
+    id: Option<&str>,
+    outputs: &[OutputTensor<'_>],
+) -> Result<EncodedReply, UnsupportedOutput> {
+    let mut headers = Vec::with_capacity(outputs.len());
+    let mut binary_len = 0;
+    for out in outputs {
+        let datatype = DataType::from_datum_type(out.tensor.datum_type())
+            .filter(|d| *d != DataType::Bytes)
+            .ok_or_else(|| UnsupportedOutput {
+                name: out.name.to_string(),
+                datum: out.tensor.datum_type(),
+            })?;
+        let (parameters, data) = if out.binary {
+            let size = out.tensor.as_bytes().len();
+            binary_len += size;
+            (
+                Some(BinaryParameters {
+                    binary_data_size: size,
+                }),
+                None,
+            )
+        } else {
+            (None, Some(JsonData(out.tensor, datatype)))
+        };
+        headers.push(OutputHeader {
+            name: out.name,
+            datatype,
+            shape: out.tensor.shape(),
+            parameters,
+            data,
+        });
+    }
+    let header = ResponseHeader {
+        model_name,
+        id,
+        outputs: headers,
+    };
+    let mut payload = serde_json::to_vec(&header).expect("tensors of supported types serialise");
+    if binary_len == 0 {
+        return Ok(EncodedReply {
+            payload,
+            header_len: None,
+        });
+    }
+    let header_len = payload.len();
+    payload.reserve(binary_len);
+    for out in outputs.iter().filter(|o| o.binary) {
+        payload.extend_from_slice(out.tensor.as_bytes());
+    }
+    Ok(EncodedReply {
+        payload,
+        header_len: Some(header_len),
+    })
+}
+
+/// Encodes an error reply: the protocol's `{"error": ...}` plus the request id, the model and a code.
+pub fn encode_error(id: Option<&str>, model_name: &str, code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut reply = json!({ "model_name": model_name, "error": message, "code": code.as_str() });
+    if let Some(id) = id {
+        reply["id"] = Value::from(id);
+    }
+    serde_json::to_vec(&reply).expect("a JSON object serialises")
+}
+
+/// Why a reply could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("reply is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("reply header length {0} exceeds the payload")]
+    HeaderTooLong(usize),
+    #[error("binary output \"{0}\" is malformed: {1}")]
+    BadBinary(String, String),
+}
+
+/// Reads a reply as JSON, turning binary outputs into ordinary `data` arrays so that a client can
+/// print or compare replies without caring how they travelled.
+pub fn decode_reply(payload: &[u8], header_len: Option<usize>) -> Result<Value, ReplyError> {
+    let len = header_len.unwrap_or(payload.len());
+    if len > payload.len() {
+        return Err(ReplyError::HeaderTooLong(len));
+    }
+    let (header, mut binary) = payload.split_at(len);
+    let mut reply: Value = serde_json::from_slice(header)?;
+    let Some(outputs) = reply.get_mut("outputs").and_then(Value::as_array_mut) else {
+        return Ok(reply);
+    };
+    for out in outputs {
+        let Some(size) = out
+            .pointer("/parameters/binary_data_size")
+            .and_then(Value::as_u64)
+        else {
+            continue;
+        };
+        let name = out["name"].as_str().unwrap_or("?").to_string();
+        let bad = |m: &str| ReplyError::BadBinary(name.clone(), m.to_string());
+        let size = usize::try_from(size).map_err(|_| bad("size overflows"))?;
+        if size > binary.len() {
+            return Err(bad("fewer bytes than binary_data_size"));
+        }
+        let datatype: DataType = out["datatype"]
+            .as_str()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| bad("unknown datatype"))?;
+        let (bytes, rest) = binary.split_at(size);
+        binary = rest;
+        out["data"] = binary_to_json(datatype, bytes)
+            .ok_or_else(|| bad("size is not a whole number of elements"))?;
+    }
+    Ok(reply)
+}
+
+fn binary_to_json(datatype: DataType, bytes: &[u8]) -> Option<Value> {
+    let size = datatype.element_size()?;
+    if bytes.len() % size != 0 {
+        return None;
+    }
+    let values = bytes.chunks_exact(size).map(|c| match datatype {
+        DataType::Bool => Value::from(c[0] != 0),
+        DataType::Uint8 => Value::from(c[0]),
+        DataType::Int8 => Value::from(c[0] as i8),
+        DataType::Uint16 => Value::from(u16::from_le_bytes([c[0], c[1]])),
+        DataType::Int16 => Value::from(i16::from_le_bytes([c[0], c[1]])),
+        DataType::Fp16 => Value::from(f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        DataType::Uint32 => Value::from(u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        DataType::Int32 => Value::from(i32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        DataType::Fp32 => Value::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        DataType::Uint64 => Value::from(u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        DataType::Int64 => Value::from(i64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        DataType::Fp64 => Value::from(f64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        DataType::Bytes => Value::Null,
+    });
+    Some(Value::Array(values.collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_reply_carries_id_model_shape_and_data() {
+        let t = Tensor::from_shape(&[1, 3], &[0.25f32, 0.5, 0.25]).unwrap();
+        let reply = encode_response(
+            "digits",
+            Some("r1"),
+            &[OutputTensor {
+                name: "p",
+                tensor: &t,
+                binary: false,
+            }],
+        )
+        .unwrap();
+        assert_eq!(reply.header_len, None);
+        let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(
+            v,
+            json!({"model_name":"digits","id":"r1","outputs":[{"name":"p","datatype":"FP32","shape":[1,3],"data":[0.25,0.5,0.25]}]})
+        );
+    }
+
+    #[test]
+    fn fp32_values_survive_json_exactly() {
+        let values = [0.1f32, 1.0 / 3.0, 1e-30, 3.4028235e38, -0.0];
+        let t = Tensor::from_shape(&[5], &values).unwrap();
+        let reply = encode_response(
+            "m",
+            None,
+            &[OutputTensor {
+                name: "y",
+                tensor: &t,
+                binary: false,
+            }],
+        )
+        .unwrap();
+        let v = decode_reply(&reply.payload, None).unwrap();
+        let back: Vec<f32> = v["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(
+            back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
+            values.map(f32::to_bits).to_vec()
+        );
+    }
+
+    #[test]
+    fn binary_outputs_follow_the_header_and_read_back_as_data() {
+        let a = Tensor::from_shape(&[2], &[1.5f32, -2.0]).unwrap();
+        let b = Tensor::from_shape(&[3], &[7i64, -8, 9]).unwrap();
+        let reply = encode_response(
+            "m",
+            Some("x"),
+            &[
+                OutputTensor {
+                    name: "a",
+                    tensor: &a,
+                    binary: true,
+                },
+                OutputTensor {
+                    name: "b",
+                    tensor: &b,
+                    binary: false,
+                },
+            ],
+        )
+        .unwrap();
+        let header_len = reply.header_len.unwrap();
+        assert_eq!(reply.payload.len(), header_len + 8);
+        let header: Value = serde_json::from_slice(&reply.payload[..header_len]).unwrap();
+        assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert!(header["outputs"][0].get("data").is_none());
+        let v = decode_reply(&reply.payload, Some(header_len)).unwrap();
+        assert_eq!(v["outputs"][0]["data"], json!([1.5, -2.0]));
+        assert_eq!(v["outputs"][1]["data"], json!([7, -8, 9]));
+    }
+
+    #[test]
+    fn error_reply_names_id_model_and_code() {
+        let v: Value = serde_json::from_slice(&encode_error(
+            Some("9"),
+            "digits",
+            ErrorCode::Busy,
+            "queue full",
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"id":"9","model_name":"digits","error":"queue full","code":"busy"})
+        );
+    }
+}

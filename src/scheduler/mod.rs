@@ -1,0 +1,189 @@
+//! Scheduling: a bounded queue per model and a pool of inference threads per model.
+//!
+//! The MQTT side never waits for inference: it puts a checked request on the model's queue, or
+//! answers `busy` at once when the queue is full. Workers are plain threads (tract is CPU-bound
+//! and synchronous); each takes jobs in arrival order, drops those whose deadline has passed, runs
+//! the model and hands the encoded reply to the publisher.
+
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Sender, TrySendError};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::mpsc;
+
+use crate::model::{Model, ModelRepository, PreparedInputs};
+use crate::mqtt::publisher::{Command, Outgoing};
+use crate::protocol::{encode_error, ErrorCode};
+
+/// Where and how a reply goes.
+#[derive(Debug, Clone)]
+pub struct ReplyTo {
+    pub topic: String,
+    pub correlation: Option<Bytes>,
+    pub qos: QoS,
+}
+
+impl ReplyTo {
+    /// The reply carrying an encoded inference result.
+    pub fn result(&self, reply: crate::protocol::EncodedReply) -> Command {
+        self.publish(reply.payload, reply.header_len)
+    }
+
+    /// An error reply, with the warning line every refused request gets.
+    pub fn error(&self, id: Option<&str>, model: &str, code: ErrorCode, message: &str) -> Command {
+        tracing::warn!(code = code.as_str(), error = message, "request refused");
+        self.publish(encode_error(id, model, code, message), None)
+    }
+
+    fn publish(&self, payload: Vec<u8>, header_len: Option<usize>) -> Command {
+        Command::Publish(Outgoing {
+            topic: self.topic.clone(),
+            payload,
+            header_len,
+            correlation: self.correlation.clone(),
+            qos: self.qos,
+            retain: false,
+        })
+    }
+}
+
+/// One accepted request, checked against its model and waiting for a worker.
+pub struct Job {
+    pub model: Arc<Model>,
+    pub id: Option<String>,
+    pub inputs: PreparedInputs,
+    pub reply: ReplyTo,
+    pub received: Instant,
+    /// Past this instant nobody waits for the answer: reply `deadline_exceeded` instead of computing.
+    pub deadline: Option<Instant>,
+    /// The request's tracing span (request id, model), entered by the worker.
+    pub span: tracing::Span,
+}
+
+enum Task {
+    Run(Box<Job>),
+    Stop,
+}
+
+/// Why a job was not queued. The job comes back so that the caller can answer it.
+pub enum Rejected {
+    /// The model's queue is full.
+    Busy(Box<Job>),
+    /// The daemon is stopping.
+    ShuttingDown(Box<Job>),
+}
+
+/// Sizing for the worker pools.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    pub workers_per_model: usize,
+    pub queue_capacity: usize,
+}
+
+/// Handle to every model's queue. Cheap to clone; [`Scheduler::shutdown`] drains and joins.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` once shutdown began. Submissions hold the read lock, so no job can slip into a
+    /// queue behind the stop markers.
+    queues: RwLock<Option<HashMap<String, Sender<Task>>>>,
+    workers: std::sync::Mutex<Vec<(String, JoinHandle<()>)>>,
+    /// Set at shutdown: jobs still queued after this instant are answered `shutting_down`.
+    drain_until: OnceLock<Instant>,
+    replies: mpsc::Sender<Command>,
+}
+
+impl Scheduler {
+    /// Starts the worker threads for every model of the repository.
+    pub fn start(
+        repository: &ModelRepository,
+        pool: PoolConfig,
+        replies: mpsc::Sender<Command>,
+    ) -> Scheduler {
+        let inner = Arc::new(Inner {
+            queues: RwLock::new(Some(HashMap::new())),
+            workers: Default::default(),
+            drain_until: OnceLock::new(),
+            replies,
+        });
+        let mut queues = HashMap::new();
+        let mut workers = Vec::new();
+        for model in repository.models() {
+            let (tx, rx) = crossbeam_channel::bounded(pool.queue_capacity);
+            for index in 0..pool.workers_per_model {
+                let worker = worker::Worker {
+                    model: model.clone(),
+                    jobs: rx.clone(),
+                    inner: inner.clone(),
+                };
+                let handle = std::thread::Builder::new()
+                    .name(format!("infer-{}-{index}", model.name()))
+                    .spawn(move || worker.run())
+                    .expect("spawning an inference thread");
+                workers.push((model.name().to_string(), handle));
+            }
+            queues.insert(model.name().to_string(), tx);
+        }
+        *inner.queues.write().expect("queue lock") = Some(queues);
+        *inner.workers.lock().expect("worker lock") = workers;
+        Scheduler { inner }
+    }
+
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+        let queues = self.inner.queues.read().expect("queue lock");
+        let Some(queue) = queues.as_ref().and_then(|q| q.get(job.model.name())) else {
+            return Err(Rejected::ShuttingDown(Box::new(job)));
+        };
+        match queue.try_send(Task::Run(Box::new(job))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Task::Run(job))) => Err(Rejected::Busy(job)),
+            Err(TrySendError::Disconnected(Task::Run(job))) => Err(Rejected::ShuttingDown(job)),
+            Err(_) => unreachable!("only Run tasks are submitted"),
+        }
+    }
+
+    /// Stops taking jobs, lets the workers finish what is queued (computing until `grace` has
+    /// passed, answering `shutting_down` after that) and joins them. Blocking: call it from a
+    /// blocking context.
+    pub fn shutdown(&self, grace: Duration) {
+        let _ = self.inner.drain_until.set(Instant::now() + grace);
+        let queues = self
+            .inner
+            .queues
+            .write()
+            .expect("queue lock")
+            .take()
+            .unwrap_or_default();
+        let workers = std::mem::take(&mut *self.inner.workers.lock().expect("worker lock"));
+        for (model, queue) in &queues {
+            let count = workers.iter().filter(|(m, _)| m == model).count();
+            for _ in 0..count {
+                // Blocks only while the queue is full; workers are draining it.
+                let _ = queue.send(Task::Stop);
+            }
+        }
+        for (model, handle) in workers {
+            if handle.join().is_err() {
+                tracing::error!(%model, "an inference thread panicked");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn draining_past_grace(&self) -> bool {
+        self.drain_until
+            .get()
+            .is_some_and(|until| Instant::now() > *until)
+    }
+}
