@@ -55,10 +55,7 @@ impl Requester {
         let unique = format!(
             "{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
         );
         let client_id = format!("edgeinfer-client-{unique}");
         let reply_topic = format!("{}/clients/{unique}/reply", config.topics.base);
@@ -77,9 +74,7 @@ impl Requester {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             let client = client.clone();
                             let topic = reply_topic.clone();
-                            tokio::spawn(
-                                async move { client.subscribe(topic, QoS::AtLeastOnce).await },
-                            );
+                            tokio::spawn(async move { client.subscribe(topic, QoS::AtLeastOnce).await });
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             ready_tx.send_replace(true);
@@ -89,14 +84,10 @@ impl Requester {
                             let Some(correlation) = props.correlation_data else {
                                 continue;
                             };
-                            let header_len = header_length_from_properties(&props.user_properties)
-                                .and_then(Result::ok);
+                            let header_len = header_length_from_properties(&props.user_properties).and_then(Result::ok);
                             let waiter = pending.lock().expect("pending lock").remove(&correlation);
                             if let Some(waiter) = waiter {
-                                let _ = waiter.send(Reply {
-                                    payload: p.payload,
-                                    header_len,
-                                });
+                                let _ = waiter.send(Reply { payload: p.payload, header_len });
                             }
                         }
                         Ok(_) => {}
@@ -112,18 +103,9 @@ impl Requester {
         let connected = tokio::time::timeout(timeout, ready.wait_for(|r| *r)).await;
         if !matches!(connected, Ok(Ok(_))) {
             poller.abort();
-            return Err(ClientError::NoBroker {
-                broker: config.broker.url.clone(),
-                timeout,
-            });
+            return Err(ClientError::NoBroker { broker: config.broker.url.clone(), timeout });
         }
-        Ok(Requester {
-            client,
-            reply_topic,
-            pending,
-            next_id: AtomicU64::new(1),
-            poller,
-        })
+        Ok(Requester { client, reply_topic, pending, next_id: AtomicU64::new(1), poller })
     }
 
     /// Publishes one request to `topic` and waits for its reply.
@@ -134,17 +116,9 @@ impl Requester {
         header_len: Option<usize>,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
-        let correlation = Bytes::from(
-            self.next_id
-                .fetch_add(1, Ordering::Relaxed)
-                .to_be_bytes()
-                .to_vec(),
-        );
+        let correlation = Bytes::from(self.next_id.fetch_add(1, Ordering::Relaxed).to_be_bytes().to_vec());
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .insert(correlation.clone(), tx);
+        self.pending.lock().expect("pending lock").insert(correlation.clone(), tx);
         let mut props = PublishProperties {
             response_topic: Some(self.reply_topic.clone()),
             correlation_data: Some(correlation.clone()),
@@ -152,14 +126,9 @@ impl Requester {
             ..Default::default()
         };
         if let Some(len) = header_len {
-            props
-                .user_properties
-                .push((HEADER_LENGTH_PROPERTY.into(), len.to_string()));
+            props.user_properties.push((HEADER_LENGTH_PROPERTY.into(), len.to_string()));
         }
-        let sent = self
-            .client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
-            .await;
+        let sent = self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props).await;
         let result = match sent {
             Err(_) => Err(ClientError::Closed),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
@@ -168,10 +137,7 @@ impl Requester {
                 Err(_) => Err(ClientError::Timeout(timeout)),
             },
         };
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .remove(&correlation);
+        self.pending.lock().expect("pending lock").remove(&correlation);
         result
     }
 

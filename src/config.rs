@@ -71,11 +71,7 @@ pub struct TopicsConfig {
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig {
-            base: "edgeinfer".into(),
-            device: None,
-            fleet_group: "edgeinfer".into(),
-        }
+        TopicsConfig { base: "edgeinfer".into(), device: None, fleet_group: "edgeinfer".into() }
     }
 }
 
@@ -89,9 +85,7 @@ pub struct ModelsConfig {
 
 impl Default for ModelsConfig {
     fn default() -> Self {
-        ModelsConfig {
-            repository: PathBuf::from("models"),
-        }
+        ModelsConfig { repository: PathBuf::from("models") }
     }
 }
 
@@ -127,10 +121,7 @@ impl Default for RequestsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key {key}: {message}")]
@@ -143,14 +134,9 @@ const MQTT_MAX_PAYLOAD: usize = 256 * 1024 * 1024 - 1024;
 impl Config {
     /// Reads a config file; every key left out keeps its default, an unknown key is an error.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
     }
 
     /// Fills in the defaults that depend on the machine (device id, client id) and checks every key.
@@ -177,93 +163,55 @@ impl Config {
             (Some(p), _) => Ok(Some(p.clone())),
             (None, Some(file)) => std::fs::read_to_string(file)
                 .map(|p| Some(p.trim_end_matches(['\n', '\r']).to_string()))
-                .map_err(|source| ConfigError::Read {
-                    path: file.clone(),
-                    source,
-                }),
+                .map_err(|source| ConfigError::Read { path: file.clone(), source }),
             (None, None) => Ok(None),
         }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
-        let endpoint =
-            BrokerEndpoint::parse(&self.broker.url).map_err(|message| ConfigError::Invalid {
-                key: "broker.url",
-                message,
-            })?;
+        let endpoint = BrokerEndpoint::parse(&self.broker.url)
+            .map_err(|message| ConfigError::Invalid { key: "broker.url", message })?;
         let b = &self.broker;
-        if !endpoint.tls
-            && (b.ca_file.is_some() || b.client_cert.is_some() || b.client_key.is_some())
-        {
-            return invalid(
-                "broker.url",
-                "TLS files are set but the URL is mqtt://; use mqtts://".into(),
-            );
+        if !endpoint.tls && (b.ca_file.is_some() || b.client_cert.is_some() || b.client_key.is_some()) {
+            return invalid("broker.url", "TLS files are set but the URL is mqtt://; use mqtts://".into());
         }
         if b.client_cert.is_some() != b.client_key.is_some() {
-            return invalid(
-                "broker.client_cert",
-                "client_cert and client_key go together".into(),
-            );
+            return invalid("broker.client_cert", "client_cert and client_key go together".into());
         }
         if b.password.is_some() && b.password_file.is_some() {
-            return invalid(
-                "broker.password_file",
-                "set password or password_file, not both".into(),
-            );
+            return invalid("broker.password_file", "set password or password_file, not both".into());
         }
         if (b.password.is_some() || b.password_file.is_some()) && b.username.is_none() {
             return invalid("broker.username", "a password needs a username".into());
         }
-        if b.client_id
-            .as_deref()
-            .is_some_and(|id| id.is_empty() || id.len() > 128)
-        {
+        if b.client_id.as_deref().is_some_and(|id| id.is_empty() || id.len() > 128) {
             return invalid("broker.client_id", "must be 1 to 128 characters".into());
         }
         if !(5..=65_535).contains(&b.keep_alive_secs) {
-            return invalid(
-                "broker.keep_alive_secs",
-                format!("{} is outside 5..=65535", b.keep_alive_secs),
-            );
+            return invalid("broker.keep_alive_secs", format!("{} is outside 5..=65535", b.keep_alive_secs));
         }
         if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
-            return invalid(
-                "broker.reconnect_min_ms",
-                "must be at least 1 and at most broker.reconnect_max_ms".into(),
-            );
+            return invalid("broker.reconnect_min_ms", "must be at least 1 and at most broker.reconnect_max_ms".into());
         }
         if !is_topic_level(&self.topics.base) {
             return invalid(
                 "topics.base",
-                format!(
-                    "\"{}\" must be one topic level without + # / or $",
-                    self.topics.base
-                ),
+                format!("\"{}\" must be one topic level without + # / or $", self.topics.base),
             );
         }
         if !is_topic_level(self.device()) || self.device() == "fleet" {
             return invalid(
                 "topics.device",
-                format!(
-                    "\"{}\" must be one topic level without + # / or $, and not \"fleet\"",
-                    self.device()
-                ),
+                format!("\"{}\" must be one topic level without + # / or $, and not \"fleet\"", self.device()),
             );
         }
         if !self.topics.fleet_group.is_empty() && !is_topic_level(&self.topics.fleet_group) {
-            return invalid(
-                "topics.fleet_group",
-                format!("\"{}\" must be one topic level", self.topics.fleet_group),
-            );
+            return invalid("topics.fleet_group", format!("\"{}\" must be one topic level", self.topics.fleet_group));
         }
         let r = &self.requests;
         if r.max_payload_bytes == 0 || r.max_payload_bytes > MQTT_MAX_PAYLOAD {
-            return invalid(
-                "requests.max_payload_bytes",
-                format!("must be between 1 and {MQTT_MAX_PAYLOAD}"),
-            );
+            return invalid("requests.max_payload_bytes", format!("must be between 1 and {MQTT_MAX_PAYLOAD}"));
         }
         if r.queue_capacity == 0 {
             return invalid("requests.queue_capacity", "must be at least 1".into());
@@ -286,9 +234,7 @@ impl Config {
     /// Worker threads per model, resolving 0 to the number of cores.
     pub fn workers_per_model(&self) -> usize {
         match self.requests.workers {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         }
     }
@@ -305,16 +251,12 @@ pub struct BrokerEndpoint {
 impl BrokerEndpoint {
     /// Parses `mqtt://host[:port]` or `mqtts://host[:port]`.
     pub fn parse(url: &str) -> Result<BrokerEndpoint, String> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| format!("\"{url}\" is not a URL ({e}); e.g. mqtt://127.0.0.1:1883"))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL ({e}); e.g. mqtt://127.0.0.1:1883"))?;
         let tls = match parsed.scheme() {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => {
-                return Err(format!(
-                    "scheme \"{other}\" is not supported; use mqtt:// or mqtts://"
-                ))
-            }
+            other => return Err(format!("scheme \"{other}\" is not supported; use mqtt:// or mqtts://")),
         };
         let host = parsed
             .host_str()
@@ -323,9 +265,7 @@ impl BrokerEndpoint {
             .trim_matches(['[', ']'])
             .to_string();
         if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(
-                "put credentials in broker.username / broker.password, not in the URL".into(),
-            );
+            return Err("put credentials in broker.username / broker.password, not in the URL".into());
         }
         let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
         Ok(BrokerEndpoint { host, port, tls })
@@ -338,16 +278,7 @@ fn is_topic_level(s: &str) -> bool {
 
 /// Hostnames are nearly always valid topic levels; this keeps the rare odd one from breaking topics.
 fn sanitize_topic_level(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .map(|c| {
-            if matches!(c, '/' | '+' | '#' | '$' | '\0') {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let cleaned: String = s.chars().map(|c| if matches!(c, '/' | '+' | '#' | '$' | '\0') { '_' } else { c }).collect();
     if cleaned.is_empty() {
         "edgeinfer".into()
     } else {
@@ -372,10 +303,7 @@ mod tests {
         assert_eq!(c.broker.url, "mqtt://127.0.0.1:1883");
         assert_eq!(c.requests.max_payload_bytes, 16 * 1024 * 1024);
         assert!(c.topics.device.is_some());
-        assert_eq!(
-            c.broker.client_id.as_deref(),
-            Some(format!("edgeinfer-{}", c.device()).as_str())
-        );
+        assert_eq!(c.broker.client_id.as_deref(), Some(format!("edgeinfer-{}", c.device()).as_str()));
     }
 
     #[test]
@@ -390,22 +318,13 @@ mod tests {
     fn invalid_values_name_the_key() {
         for (text, key) in [
             ("[broker]\nurl = \"http://x\"", "broker.url"),
-            (
-                "[broker]\nurl = \"mqtt://x\"\nca_file = \"/ca.pem\"",
-                "broker.url",
-            ),
-            (
-                "[broker]\nclient_cert = \"c\"\nurl = \"mqtts://x\"",
-                "broker.client_cert",
-            ),
+            ("[broker]\nurl = \"mqtt://x\"\nca_file = \"/ca.pem\"", "broker.url"),
+            ("[broker]\nclient_cert = \"c\"\nurl = \"mqtts://x\"", "broker.client_cert"),
             ("[broker]\npassword = \"p\"", "broker.username"),
             ("[topics]\nbase = \"a/b\"", "topics.base"),
             ("[topics]\ndevice = \"fleet\"", "topics.device"),
             ("[topics]\nfleet_group = \"g+\"", "topics.fleet_group"),
-            (
-                "[requests]\nmax_payload_bytes = 0",
-                "requests.max_payload_bytes",
-            ),
+            ("[requests]\nmax_payload_bytes = 0", "requests.max_payload_bytes"),
             ("[requests]\nqueue_capacity = 0", "requests.queue_capacity"),
         ] {
             let err = parse(text).unwrap_err();
@@ -417,19 +336,11 @@ mod tests {
     fn broker_urls_parse_with_default_ports() {
         assert_eq!(
             BrokerEndpoint::parse("mqtt://localhost").unwrap(),
-            BrokerEndpoint {
-                host: "localhost".into(),
-                port: 1883,
-                tls: false
-            }
+            BrokerEndpoint { host: "localhost".into(), port: 1883, tls: false }
         );
         assert_eq!(
             BrokerEndpoint::parse("mqtts://[::1]:9000").unwrap(),
-            BrokerEndpoint {
-                host: "::1".into(),
-                port: 9000,
-                tls: true
-            }
+            BrokerEndpoint { host: "::1".into(), port: 9000, tls: true }
         );
         assert!(BrokerEndpoint::parse("mqtt://u:p@host").is_err());
     }
@@ -438,13 +349,6 @@ mod tests {
     fn print_config_masks_the_password() {
         let c = parse("[broker]\nusername = \"u\"\npassword = \"secret\"").unwrap();
         assert!(!c.to_toml().contains("secret"));
-        assert_eq!(
-            toml::from_str::<Config>(&c.to_toml())
-                .unwrap()
-                .broker
-                .username
-                .as_deref(),
-            Some("u")
-        );
+        assert_eq!(toml::from_str::<Config>(&c.to_toml()).unwrap().broker.username.as_deref(), Some("u"));
     }
 }

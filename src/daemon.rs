@@ -55,25 +55,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     let topics = Topics::from_config(&config);
     let device = config.device().to_string();
-    let client_id = config
-        .broker
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("edgeinfer-{device}"));
+    let client_id = config.broker.client_id.clone().unwrap_or_else(|| format!("edgeinfer-{device}"));
     let mut options = mqtt_options(&config, &client_id)?;
-    options.set_last_will(LastWill::new(
-        topics.status(),
-        status::offline(&device),
-        QoS::AtLeastOnce,
-        true,
-        None,
-    ));
+    options.set_last_will(LastWill::new(topics.status(), status::offline(&device), QoS::AtLeastOnce, true, None));
     let (client, eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
 
-    let mut retained = vec![(
-        topics.status(),
-        status::online(&device, &repository.names()),
-    )];
+    let mut retained = vec![(topics.status(), status::online(&device, &repository.names()))];
     for model in repository.models() {
         let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
         retained.push((topics.metadata(model.name()), metadata));
@@ -85,10 +72,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         Connection {
             eventloop,
             client: client.clone(),
-            on_connect: OnConnect {
-                filters: filters.clone(),
-                retained,
-            },
+            on_connect: OnConnect { filters: filters.clone(), retained },
             requests: inbound_tx,
             connected,
             backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
@@ -100,14 +84,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     let (replies, replies_rx) = mpsc::channel(REPLY_CAPACITY);
     let publisher = tokio::spawn(publisher::run(client.clone(), replies_rx));
-    let pool = PoolConfig {
-        workers_per_model: config.workers_per_model(),
-        queue_capacity: config.requests.queue_capacity,
-    };
+    let pool =
+        PoolConfig { workers_per_model: config.workers_per_model(), queue_capacity: config.requests.queue_capacity };
     let scheduler = Scheduler::start(&repository, pool, replies.clone());
-    let default_timeout = Some(config.requests.default_timeout_ms)
-        .filter(|&ms| ms > 0)
-        .map(Duration::from_millis);
+    let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
     tokio::spawn(
         Dispatcher {
             topics: topics.clone(),
@@ -134,10 +114,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     let grace = Duration::from_millis(config.requests.shutdown_grace_ms);
     let draining = scheduler.clone();
-    if tokio::task::spawn_blocking(move || draining.shutdown(grace))
-        .await
-        .is_err()
-    {
+    if tokio::task::spawn_blocking(move || draining.shutdown(grace)).await.is_err() {
         tracing::error!("the scheduler shutdown panicked");
     }
     let stopped = Outgoing {

@@ -48,11 +48,7 @@ impl Dispatcher {
         let span = tracing::info_span!("request", model = %model_name, id = tracing::field::Empty);
         let _entered = span.enter();
         let props = publish.properties.unwrap_or_default();
-        let qos = if publish.qos == QoS::AtMostOnce {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
+        let qos = if publish.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
         let refuse = |identity: &RequestIdentity, code: ErrorCode, message: &str| {
             let reply = self.reply_to(&props, identity, model_name, qos);
             self.send_now(reply.error(identity.id.as_deref(), model_name, code, message));
@@ -68,49 +64,31 @@ impl Dispatcher {
         }
         let header_len = match header_length_from_properties(&props.user_properties).transpose() {
             Ok(len) => len,
-            Err(e) => {
-                return refuse(
-                    &RequestIdentity::default(),
-                    ErrorCode::BadRequest,
-                    &e.to_string(),
-                )
-            }
+            Err(e) => return refuse(&RequestIdentity::default(), ErrorCode::BadRequest, &e.to_string()),
         };
         let mut request = match decode_request(&publish.payload, header_len) {
             Ok(request) => request,
             Err(failure) => {
                 if let Some(id) = &failure.identity.id {
-                    span.record("id", id.as_str());
+                    span.record("id", tracing::field::display(id));
                 }
-                return refuse(
-                    &failure.identity,
-                    ErrorCode::BadRequest,
-                    &failure.error.to_string(),
-                );
+                return refuse(&failure.identity, ErrorCode::BadRequest, &failure.error.to_string());
             }
         };
         let identity = request.identity.clone();
         if let Some(id) = &identity.id {
-            span.record("id", id.as_str());
+            span.record("id", tracing::field::display(id));
         }
         let Some(model) = self.repository.get(model_name) else {
-            let message = format!(
-                "unknown model \"{model_name}\"; this device serves {:?}",
-                self.repository.names()
-            );
+            let message = format!("unknown model \"{model_name}\"; this device serves {:?}", self.repository.names());
             return refuse(&identity, ErrorCode::UnknownModel, &message);
         };
         let inputs = match model.prepare(&mut request) {
             Ok(inputs) => inputs,
             Err(e) => return refuse(&identity, ErrorCode::BadRequest, &e.to_string()),
         };
-        let expiry = props
-            .message_expiry_interval
-            .map(|s| Duration::from_secs(s.into()));
-        let timeout = [expiry, request.timeout, self.default_timeout]
-            .into_iter()
-            .flatten()
-            .min();
+        let expiry = props.message_expiry_interval.map(|s| Duration::from_secs(s.into()));
+        let timeout = [expiry, request.timeout, self.default_timeout].into_iter().flatten().min();
         let job = Job {
             model: model.clone(),
             id: identity.id.clone(),
@@ -123,51 +101,25 @@ impl Dispatcher {
         match self.scheduler.submit(job) {
             Ok(()) => {}
             Err(Rejected::Busy(job)) => {
-                let message =
-                    format!("model \"{model_name}\" is busy: its queue is full; retry later");
-                self.send_now(job.reply.error(
-                    job.id.as_deref(),
-                    model_name,
-                    ErrorCode::Busy,
-                    &message,
-                ));
+                let message = format!("model \"{model_name}\" is busy: its queue is full; retry later");
+                self.send_now(job.reply.error(job.id.as_deref(), model_name, ErrorCode::Busy, &message));
             }
             Err(Rejected::ShuttingDown(job)) => {
                 let message = "the daemon is stopping and takes no new requests";
-                self.send_now(job.reply.error(
-                    job.id.as_deref(),
-                    model_name,
-                    ErrorCode::ShuttingDown,
-                    message,
-                ));
+                self.send_now(job.reply.error(job.id.as_deref(), model_name, ErrorCode::ShuttingDown, message));
             }
         }
     }
 
     /// The Response Topic (MQTT v5), else `parameters.reply_to` (3.1.1 clients), else the model's
     /// result topic.
-    fn reply_to(
-        &self,
-        props: &PublishProperties,
-        identity: &RequestIdentity,
-        model: &str,
-        qos: QoS,
-    ) -> ReplyTo {
+    fn reply_to(&self, props: &PublishProperties, identity: &RequestIdentity, model: &str, qos: QoS) -> ReplyTo {
         let topic = props
             .response_topic
             .clone()
-            .or_else(|| {
-                identity
-                    .reply_to
-                    .clone()
-                    .filter(|t| is_valid_reply_topic(t))
-            })
+            .or_else(|| identity.reply_to.clone().filter(|t| is_valid_reply_topic(t)))
             .unwrap_or_else(|| self.topics.result(model));
-        ReplyTo {
-            topic,
-            correlation: props.correlation_data.clone(),
-            qos,
-        }
+        ReplyTo { topic, correlation: props.correlation_data.clone(), qos }
     }
 
     /// Error replies never wait: if the publisher is this far behind, the reply is dropped and

@@ -32,14 +32,10 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let model = ModelRepository::load_one(&dir, &args.model)?;
     let mut request = match &args.input {
         Some(path) if path.extension().is_some_and(|e| e == "npy") => npy_request(&model, path)?,
-        Some(path) => json_request(
-            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        )?,
+        Some(path) => json_request(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?,
         None => {
             let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .context("reading the request from stdin")?;
+            std::io::stdin().read_to_end(&mut bytes).context("reading the request from stdin")?;
             json_request(&bytes)?
         }
     };
@@ -67,8 +63,7 @@ fn npy_request(model: &Model, path: &Path) -> anyhow::Result<InferRequest> {
         );
     };
     fn read<T: Datum + ndarray_npy::ReadableElement>(path: &Path) -> anyhow::Result<Tensor> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let array = tract_core::ndarray::ArrayD::<T>::read_npy(file)
             .with_context(|| format!("{}: not a .npy array of {}", path.display(), T::name()))?;
         Ok(array.into())
@@ -85,18 +80,11 @@ fn npy_request(model: &Model, path: &Path) -> anyhow::Result<InferRequest> {
         DataType::Uint32 => read::<u32>(path)?,
         DataType::Uint64 => read::<u64>(path)?,
         DataType::Bool => read::<bool>(path)?,
-        other => anyhow::bail!(
-            "input \"{}\" is {other}: .npy input is not supported for it",
-            input.name
-        ),
+        other => anyhow::bail!("input \"{}\" is {other}: .npy input is not supported for it", input.name),
     };
     Ok(InferRequest {
         identity: RequestIdentity::default(),
-        inputs: vec![InputTensor {
-            name: input.name.clone(),
-            datatype: input.datatype,
-            tensor,
-        }],
+        inputs: vec![InputTensor { name: input.name.clone(), datatype: input.datatype, tensor }],
         outputs: None,
         binary_outputs: false,
         timeout: None,

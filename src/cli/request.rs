@@ -40,9 +40,7 @@ pub fn run(args: RequestArgs) -> anyhow::Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => {
             let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .context("reading the request from stdin")?;
+            std::io::stdin().read_to_end(&mut bytes).context("reading the request from stdin")?;
             bytes
         }
     };
@@ -56,14 +54,10 @@ pub fn run(args: RequestArgs) -> anyhow::Result<()> {
     let target = if args.fleet { FLEET } else { config.device() };
     let topic = Topics::from_config(&config).infer(target, &args.model);
     let timeout = Duration::from_millis(args.timeout_ms);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let reply = runtime.block_on(async {
         let requester = Requester::connect(&config, timeout).await?;
-        let reply = requester
-            .request(&topic, payload, header_len, timeout)
-            .await;
+        let reply = requester.request(&topic, payload, header_len, timeout).await;
         requester.close().await;
         reply
     })?;

@@ -24,10 +24,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("edgeinfer-io")
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("edgeinfer-io").build()?;
     runtime.block_on(edgeinfer::daemon::serve(config, shutdown_signal()))?;
     Ok(())
 }

@@ -56,53 +56,25 @@ pub struct InspectError {
 pub fn inspect(file: &Path) -> Result<Inspection, InspectError> {
     let proto = tract_onnx::onnx()
         .proto_model_for_path(file)
-        .map_err(|e| InspectError {
-            file: file.to_path_buf(),
-            reason: format!("{e:#}"),
-        })?;
+        .map_err(|e| InspectError { file: file.to_path_buf(), reason: format!("{e:#}") })?;
     let graph = proto.graph.clone().unwrap_or_default();
-    let initializers: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut ops = BTreeMap::new();
     count_ops(&graph, &mut ops);
-    let parameters = graph
-        .initializer
-        .iter()
-        .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
-        .sum();
-    let name = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let parameters = graph.initializer.iter().map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum();
+    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let dir = file.parent().unwrap_or(Path::new("."));
     let tract = try_load(&name, file, dir);
     Ok(Inspection {
         file: file.to_path_buf(),
-        producer: format!("{} {}", proto.producer_name, proto.producer_version)
-            .trim()
-            .to_string(),
+        producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
         ir_version: proto.ir_version,
         opsets: proto
             .opset_import
             .iter()
-            .map(|o| {
-                format!(
-                    "{}:{}",
-                    if o.domain.is_empty() {
-                        "ai.onnx"
-                    } else {
-                        &o.domain
-                    },
-                    o.version
-                )
-            })
+            .map(|o| format!("{}:{}", if o.domain.is_empty() { "ai.onnx" } else { &o.domain }, o.version))
             .collect(),
-        inputs: graph
-            .input
-            .iter()
-            .filter(|i| !initializers.contains(i.name.as_str()))
-            .map(proto_tensor)
-            .collect(),
+        inputs: graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).map(proto_tensor).collect(),
         outputs: graph.output.iter().map(proto_tensor).collect(),
         ops,
         parameters,
@@ -111,35 +83,27 @@ pub fn inspect(file: &Path) -> Result<Inspection, InspectError> {
 }
 
 fn try_load(name: &str, file: &Path, dir: &Path) -> Result<ModelMetadata, LoadFailure> {
-    let failure = |error: String| LoadFailure {
-        hint: hint_for(&error),
-        error,
-    };
+    let failure = |error: String| LoadFailure { hint: hint_for(&error), error };
     let is_model_onnx = file.file_name().is_some_and(|f| f == "model.onnx");
     let manifest = if is_model_onnx {
-        ModelManifest::read(dir)
-            .map_err(|e| failure(e.to_string()))?
-            .unwrap_or_default()
+        ModelManifest::read(dir).map_err(|e| failure(e.to_string()))?.unwrap_or_default()
     } else {
         ModelManifest::default()
     };
-    Model::from_onnx(name, file, &manifest, None)
-        .map(|m| m.metadata().clone())
-        .map_err(|e| failure(e.to_string()))
+    Model::from_onnx(name, file, &manifest, None).map(|m| m.metadata().clone()).map_err(|e| failure(e.to_string()))
 }
 
 fn hint_for(error: &str) -> Option<&'static str> {
     if error.contains("no fixed") {
         Some("the ONNX file leaves an input shape open: write a model.toml next to model.onnx with the input's datatype and shape")
     } else if error.contains("If") && (error.contains("branch") || error.contains("unify")) {
-        Some("an ONNX If node has then/else branches of different shapes; tract needs the condition known when \
-              loading. Fixing the input that decides it (for example a sample rate) as a constant can fold the If away")
+        Some(
+            "an ONNX If node has then/else branches of different shapes; tract needs the condition known when \
+              loading. Fixing the input that decides it (for example a sample rate) as a constant can fold the If away",
+        )
     } else if error.contains("Impossible to unify") {
         Some("shapes declared inside the ONNX file contradict the input shapes; check the input shape in model.toml")
-    } else if error.contains("not supported")
-        || error.contains("Unimplemented")
-        || error.contains("unimplemented")
-    {
+    } else if error.contains("not supported") || error.contains("Unimplemented") || error.contains("unimplemented") {
         Some("tract has no implementation of an operator in this graph; re-export the model with a different opset or operators")
     } else {
         None
@@ -155,10 +119,7 @@ fn count_ops(graph: &pb::GraphProto, ops: &mut BTreeMap<String, usize>) {
         };
         *ops.entry(op).or_default() += 1;
         for attr in &node.attribute {
-            attr.g
-                .iter()
-                .chain(&attr.graphs)
-                .for_each(|g| count_ops(g, ops));
+            attr.g.iter().chain(&attr.graphs).for_each(|g| count_ops(g, ops));
         }
     }
 }
@@ -187,31 +148,14 @@ fn proto_tensor(v: &pb::ValueInfoProto) -> ProtoTensor {
                 .collect()
         })
         .unwrap_or_default();
-    ProtoTensor {
-        name: v.name.clone(),
-        elem_type,
-        dims,
-    }
+    ProtoTensor { name: v.name.clone(), elem_type, dims }
 }
 
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "file:       {}", self.file.display())?;
-        writeln!(
-            f,
-            "producer:   {}",
-            if self.producer.is_empty() {
-                "?"
-            } else {
-                &self.producer
-            }
-        )?;
-        writeln!(
-            f,
-            "ir/opsets:  {} / {}",
-            self.ir_version,
-            self.opsets.join(", ")
-        )?;
+        writeln!(f, "producer:   {}", if self.producer.is_empty() { "?" } else { &self.producer })?;
+        writeln!(f, "ir/opsets:  {} / {}", self.ir_version, self.opsets.join(", "))?;
         writeln!(f, "parameters: {}", self.parameters)?;
         for (title, tensors) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
             writeln!(f, "{title}:")?;

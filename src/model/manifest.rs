@@ -39,18 +39,11 @@ pub struct TensorDecl {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {key}: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 impl ModelManifest {
@@ -62,51 +55,37 @@ impl ModelManifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ManifestError::Read { path, source }),
         };
-        let manifest: ModelManifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let manifest: ModelManifest =
+            toml::from_str(&text).map_err(|e| ManifestError::Parse { path: path.clone(), message: e.to_string() })?;
         manifest.validate(&path)?;
         Ok(Some(manifest))
     }
 
     fn validate(&self, path: &Path) -> Result<(), ManifestError> {
-        let invalid = |key: String, message: String| ManifestError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        };
+        let invalid = |key: String, message: String| ManifestError::Invalid { path: path.to_path_buf(), key, message };
         for (section, decls) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
             for (i, decl) in decls.iter().enumerate() {
                 let key = format!("{section}[{i}] ({})", decl.name);
                 if decl.datatype == DataType::Bytes {
-                    return Err(invalid(
-                        key,
-                        "BYTES tensors are not supported; use a numeric datatype".into(),
-                    ));
+                    return Err(invalid(key, "BYTES tensors are not supported; use a numeric datatype".into()));
                 }
                 for (axis, &dim) in decl.shape.iter().enumerate() {
                     if dim < -1 || dim == 0 || (dim == -1 && axis != 0) {
                         return Err(invalid(
                             format!("{key}.shape[{axis}]"),
-                            format!("{dim} is not allowed: dimensions are positive, and only the first may be -1 (batch)"),
+                            format!(
+                                "{dim} is not allowed: dimensions are positive, and only the first may be -1 (batch)"
+                            ),
                         ));
                     }
                 }
             }
         }
         if let Some(labels) = &self.labels {
-            if labels.is_absolute()
-                || labels
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
+            if labels.is_absolute() || labels.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
                 return Err(invalid(
                     "labels".into(),
-                    format!(
-                        "{} must be a file name inside the model directory",
-                        labels.display()
-                    ),
+                    format!("{} must be a file name inside the model directory", labels.display()),
                 ));
             }
         }
@@ -119,14 +98,8 @@ impl ModelManifest {
             return Ok(None);
         };
         let path = dir.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| ManifestError::Read { path, source })?;
-        Ok(Some(
-            text.lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect(),
-        ))
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path, source })?;
+        Ok(Some(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()))
     }
 }
 
@@ -158,8 +131,7 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_key() {
-        let err =
-            parse("[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\nshape = [1, -1]").unwrap_err();
+        let err = parse("[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\nshape = [1, -1]").unwrap_err();
         assert!(err.to_string().contains("inputs[0] (x).shape[1]"), "{err}");
         let err = parse("descripton = \"typo\"").unwrap_err();
         assert!(err.to_string().contains("descripton"), "{err}");

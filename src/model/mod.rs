@@ -17,8 +17,7 @@ use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceMod
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::protocol::{
-    encode_response, DataType, EncodedReply, InferRequest, ModelMetadata, OutputTensor,
-    TensorMetadata,
+    encode_response, DataType, EncodedReply, InferRequest, ModelMetadata, OutputTensor, TensorMetadata,
 };
 pub use manifest::ModelManifest;
 pub use repository::ModelRepository;
@@ -37,48 +36,22 @@ pub struct Model {
 #[non_exhaustive]
 pub enum LoadError {
     #[error("model \"{model}\": {source}")]
-    Manifest {
-        model: String,
-        source: manifest::ManifestError,
-    },
+    Manifest { model: String, source: manifest::ManifestError },
     #[error("model \"{model}\": no model.onnx in {dir}")]
     MissingOnnx { model: String, dir: PathBuf },
     #[error("model \"{model}\": tract cannot {stage}: {reason}")]
-    Tract {
-        model: String,
-        stage: &'static str,
-        reason: String,
-    },
+    Tract { model: String, stage: &'static str, reason: String },
     #[error("model \"{model}\": model.toml declares {kind} \"{name}\", the ONNX graph has {available:?}")]
-    UnknownTensor {
-        model: String,
-        kind: &'static str,
-        name: String,
-        available: Vec<String>,
-    },
+    UnknownTensor { model: String, kind: &'static str, name: String, available: Vec<String> },
     #[error(
         "model \"{model}\": input \"{input}\" has no fixed {what} in the ONNX file; declare it in model.toml \
          ([[inputs]] name, datatype, shape; -1 for a leading batch dimension)"
     )]
-    UnfixedInput {
-        model: String,
-        input: String,
-        what: &'static str,
-    },
+    UnfixedInput { model: String, input: String, what: &'static str },
     #[error("model \"{model}\": {kind} \"{name}\" has element type {datum:?}, which requests cannot carry")]
-    UnsupportedType {
-        model: String,
-        kind: &'static str,
-        name: String,
-        datum: DatumType,
-    },
+    UnsupportedType { model: String, kind: &'static str, name: String, datum: DatumType },
     #[error("model \"{model}\": model.toml says output \"{name}\" is {declared}, the model produces {actual}")]
-    OutputMismatch {
-        model: String,
-        name: String,
-        declared: String,
-        actual: String,
-    },
+    OutputMismatch { model: String, name: String, declared: String, actual: String },
 }
 
 /// A request that the model cannot take. The message is sent back to the client as is.
@@ -86,37 +59,17 @@ pub enum LoadError {
 #[non_exhaustive]
 pub enum InputError {
     #[error("missing input \"{name}\" (model \"{model}\" takes {expected:?})")]
-    Missing {
-        model: String,
-        name: String,
-        expected: Vec<String>,
-    },
+    Missing { model: String, name: String, expected: Vec<String> },
     #[error("unknown input \"{name}\" (model \"{model}\" takes {expected:?})")]
-    Unknown {
-        model: String,
-        name: String,
-        expected: Vec<String>,
-    },
+    Unknown { model: String, name: String, expected: Vec<String> },
     #[error("input \"{name}\" must be {expected}, the request sent {actual}")]
-    WrongDatatype {
-        name: String,
-        expected: DataType,
-        actual: DataType,
-    },
+    WrongDatatype { name: String, expected: DataType, actual: DataType },
     #[error("input \"{name}\" has shape {actual:?}; the model takes {expected} (-1: any size)")]
-    WrongShape {
-        name: String,
-        expected: String,
-        actual: Vec<usize>,
-    },
+    WrongShape { name: String, expected: String, actual: Vec<usize> },
     #[error("inputs disagree on the batch size: {0:?}")]
     BatchMismatch(Vec<usize>),
     #[error("unknown output \"{name}\" requested (model \"{model}\" has {available:?})")]
-    UnknownOutput {
-        model: String,
-        name: String,
-        available: Vec<String>,
-    },
+    UnknownOutput { model: String, name: String, available: Vec<String> },
 }
 
 /// A checked request failed while computing or encoding: a fault of the model, not of the request.
@@ -139,19 +92,11 @@ pub struct PreparedInputs {
 impl Model {
     /// Loads `dir/model.onnx` (and `dir/model.toml` when present) as model `name`.
     pub fn load(name: &str, dir: &Path) -> Result<Model, LoadError> {
-        let manifest_err = |source| LoadError::Manifest {
-            model: name.to_string(),
-            source,
-        };
-        let manifest = ModelManifest::read(dir)
-            .map_err(manifest_err)?
-            .unwrap_or_default();
+        let manifest_err = |source| LoadError::Manifest { model: name.to_string(), source };
+        let manifest = ModelManifest::read(dir).map_err(manifest_err)?.unwrap_or_default();
         let onnx = dir.join("model.onnx");
         if !onnx.is_file() {
-            return Err(LoadError::MissingOnnx {
-                model: name.to_string(),
-                dir: dir.to_path_buf(),
-            });
+            return Err(LoadError::MissingOnnx { model: name.to_string(), dir: dir.to_path_buf() });
         }
         let labels = manifest.read_labels(dir).map_err(manifest_err)?;
         Model::from_onnx(name, &onnx, &manifest, labels)
@@ -165,11 +110,7 @@ impl Model {
         labels: Option<Vec<String>>,
     ) -> Result<Model, LoadError> {
         let tract = |stage: &'static str| {
-            move |e: TractError| LoadError::Tract {
-                model: name.to_string(),
-                stage,
-                reason: format!("{e:#}"),
-            }
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
         };
         let mut graph = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
@@ -180,16 +121,9 @@ impl Model {
             .output_outlets()
             .map_err(tract("list outputs"))?
             .iter()
-            .map(|o| {
-                graph
-                    .outlet_label(*o)
-                    .unwrap_or(&graph.node(o.node).name)
-                    .to_string()
-            })
+            .map(|o| graph.outlet_label(*o).unwrap_or(&graph.node(o.node).name).to_string())
             .collect();
-        let typed = graph
-            .into_optimized()
-            .map_err(tract("optimise the graph"))?;
+        let typed = graph.into_optimized().map_err(tract("optimise the graph"))?;
         let outputs = describe_outputs(name, &typed, &output_names, manifest)?;
         let plan = typed.into_runnable().map_err(tract("build a plan"))?;
         let model = Model {
@@ -217,37 +151,17 @@ impl Model {
 
     /// Checks a decoded request against the model's contract and puts its inputs in model order.
     pub fn prepare(&self, request: &mut InferRequest) -> Result<PreparedInputs, InputError> {
-        let expected: Vec<String> = self
-            .metadata
-            .inputs
-            .iter()
-            .map(|i| i.name.clone())
-            .collect();
-        if let Some(missing) = expected
-            .iter()
-            .find(|name| !request.inputs.iter().any(|i| &i.name == *name))
-        {
-            return Err(InputError::Missing {
-                model: self.name().to_string(),
-                name: missing.clone(),
-                expected,
-            });
+        let expected: Vec<String> = self.metadata.inputs.iter().map(|i| i.name.clone()).collect();
+        if let Some(missing) = expected.iter().find(|name| !request.inputs.iter().any(|i| &i.name == *name)) {
+            return Err(InputError::Missing { model: self.name().to_string(), name: missing.clone(), expected });
         }
         if let Some(extra) = request.inputs.iter().find(|i| !expected.contains(&i.name)) {
-            return Err(InputError::Unknown {
-                model: self.name().to_string(),
-                name: extra.name.clone(),
-                expected,
-            });
+            return Err(InputError::Unknown { model: self.name().to_string(), name: extra.name.clone(), expected });
         }
         let mut inputs = TVec::with_capacity(expected.len());
         let mut batch_sizes = Vec::new();
         for spec in &self.metadata.inputs {
-            let pos = request
-                .inputs
-                .iter()
-                .position(|i| i.name == spec.name)
-                .expect("checked above");
+            let pos = request.inputs.iter().position(|i| i.name == spec.name).expect("checked above");
             let input = request.inputs.swap_remove(pos);
             if input.datatype != spec.datatype {
                 return Err(InputError::WrongDatatype {
@@ -258,13 +172,15 @@ impl Model {
             }
             let shape = input.tensor.shape();
             let fits = shape.len() == spec.shape.len()
-                && shape.iter().zip(&spec.shape).all(|(&got, &want)| {
-                    if want < 0 {
-                        got > 0
-                    } else {
-                        got as i64 == want
-                    }
-                });
+                && shape.iter().zip(&spec.shape).all(
+                    |(&got, &want)| {
+                        if want < 0 {
+                            got > 0
+                        } else {
+                            got as i64 == want
+                        }
+                    },
+                );
             if !fits {
                 return Err(InputError::WrongShape {
                     name: spec.name.clone(),
@@ -281,27 +197,17 @@ impl Model {
             return Err(InputError::BatchMismatch(batch_sizes));
         }
         let outputs = match &request.outputs {
-            None => (0..self.metadata.outputs.len())
-                .map(|i| (i, request.binary_outputs))
-                .collect(),
+            None => (0..self.metadata.outputs.len()).map(|i| (i, request.binary_outputs)).collect(),
             Some(wanted) => wanted
                 .iter()
                 .map(|w| {
-                    let index = self
-                        .metadata
-                        .outputs
-                        .iter()
-                        .position(|o| o.name == w.name)
-                        .ok_or_else(|| InputError::UnknownOutput {
+                    let index = self.metadata.outputs.iter().position(|o| o.name == w.name).ok_or_else(|| {
+                        InputError::UnknownOutput {
                             model: self.name().to_string(),
                             name: w.name.clone(),
-                            available: self
-                                .metadata
-                                .outputs
-                                .iter()
-                                .map(|o| o.name.clone())
-                                .collect(),
-                        })?;
+                            available: self.metadata.outputs.iter().map(|o| o.name.clone()).collect(),
+                        }
+                    })?;
                     Ok((index, w.binary.unwrap_or(request.binary_outputs)))
                 })
                 .collect::<Result<_, _>>()?,
@@ -316,14 +222,8 @@ impl Model {
     }
 
     /// Runs a prepared request and encodes the reply with the outputs the client asked for.
-    pub fn answer(
-        &self,
-        id: Option<&str>,
-        prepared: PreparedInputs,
-    ) -> Result<EncodedReply, AnswerError> {
-        let outputs = self
-            .run(prepared.inputs)
-            .map_err(|e| AnswerError::Inference(format!("{e:#}")))?;
+    pub fn answer(&self, id: Option<&str>, prepared: PreparedInputs) -> Result<EncodedReply, AnswerError> {
+        let outputs = self.run(prepared.inputs).map_err(|e| AnswerError::Inference(format!("{e:#}")))?;
         let selected: Vec<OutputTensor<'_>> = prepared
             .outputs
             .iter()
@@ -360,11 +260,7 @@ fn fix_inputs(
 ) -> Result<Vec<TensorMetadata>, LoadError> {
     let names: Vec<String> = graph
         .input_outlets()
-        .map_err(|e| LoadError::Tract {
-            model: model.into(),
-            stage: "list inputs",
-            reason: format!("{e:#}"),
-        })?
+        .map_err(|e| LoadError::Tract { model: model.into(), stage: "list inputs", reason: format!("{e:#}") })?
         .iter()
         .map(|o| graph.node(o.node).name.clone())
         .collect();
@@ -380,63 +276,28 @@ fn fix_inputs(
     let mut specs = Vec::with_capacity(names.len());
     for (ix, name) in names.iter().enumerate() {
         let spec = match manifest.inputs.iter().find(|d| &d.name == name) {
-            Some(decl) => TensorMetadata {
-                name: name.clone(),
-                datatype: decl.datatype,
-                shape: decl.shape.clone(),
-            },
-            None => onnx_input_spec(
-                model,
-                name,
-                graph.input_fact(ix).expect("index from input_outlets"),
-            )?,
+            Some(decl) => TensorMetadata { name: name.clone(), datatype: decl.datatype, shape: decl.shape.clone() },
+            None => onnx_input_spec(model, name, graph.input_fact(ix).expect("index from input_outlets"))?,
         };
         let dt = spec.datatype.datum_type().expect("numeric inputs only");
-        let dims: TVec<TDim> = spec
-            .shape
-            .iter()
-            .map(|&d| {
-                if d < 0 {
-                    TDim::from(batch.clone())
-                } else {
-                    TDim::from(d)
-                }
-            })
-            .collect();
-        graph
-            .set_input_fact(ix, InferenceFact::dt_shape(dt, dims))
-            .map_err(|e| LoadError::Tract {
-                model: model.into(),
-                stage: "set the input shape",
-                reason: format!("{e:#}"),
-            })?;
+        let dims: TVec<TDim> =
+            spec.shape.iter().map(|&d| if d < 0 { TDim::from(batch.clone()) } else { TDim::from(d) }).collect();
+        graph.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(|e| LoadError::Tract {
+            model: model.into(),
+            stage: "set the input shape",
+            reason: format!("{e:#}"),
+        })?;
         specs.push(spec);
     }
     Ok(specs)
 }
 
-fn onnx_input_spec(
-    model: &str,
-    name: &str,
-    fact: &InferenceFact,
-) -> Result<TensorMetadata, LoadError> {
-    let unfixed = |what| LoadError::UnfixedInput {
-        model: model.into(),
-        input: name.into(),
-        what,
-    };
-    let datum = fact
-        .datum_type
-        .concretize()
-        .ok_or_else(|| unfixed("datatype"))?;
+fn onnx_input_spec(model: &str, name: &str, fact: &InferenceFact) -> Result<TensorMetadata, LoadError> {
+    let unfixed = |what| LoadError::UnfixedInput { model: model.into(), input: name.into(), what };
+    let datum = fact.datum_type.concretize().ok_or_else(|| unfixed("datatype"))?;
     let datatype = DataType::from_datum_type(datum)
         .filter(|d| *d != DataType::Bytes)
-        .ok_or_else(|| LoadError::UnsupportedType {
-            model: model.into(),
-            kind: "input",
-            name: name.into(),
-            datum,
-        })?;
+        .ok_or_else(|| LoadError::UnsupportedType { model: model.into(), kind: "input", name: name.into(), datum })?;
     let dims = fact.shape.concretize().ok_or_else(|| unfixed("rank"))?;
     let shape = dims
         .iter()
@@ -447,11 +308,7 @@ fn onnx_input_spec(
             Err(_) => Err(unfixed("shape")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(TensorMetadata {
-        name: name.into(),
-        datatype,
-        shape,
-    })
+    Ok(TensorMetadata { name: name.into(), datatype, shape })
 }
 
 fn describe_outputs(
@@ -475,26 +332,19 @@ fn describe_outputs(
             stage: "type the outputs",
             reason: format!("{e:#}"),
         })?;
-        let datatype = DataType::from_datum_type(fact.datum_type)
-            .filter(|d| *d != DataType::Bytes)
-            .ok_or_else(|| LoadError::UnsupportedType {
-                model: model.into(),
-                kind: "output",
-                name: name.clone(),
-                datum: fact.datum_type,
+        let datatype =
+            DataType::from_datum_type(fact.datum_type).filter(|d| *d != DataType::Bytes).ok_or_else(|| {
+                LoadError::UnsupportedType {
+                    model: model.into(),
+                    kind: "output",
+                    name: name.clone(),
+                    datum: fact.datum_type,
+                }
             })?;
-        let shape: Vec<i64> = fact
-            .shape
-            .iter()
-            .map(|d| d.to_i64().unwrap_or(-1))
-            .collect();
+        let shape: Vec<i64> = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
         if let Some(decl) = manifest.outputs.iter().find(|d| &d.name == name) {
             let compatible = decl.shape.len() == shape.len()
-                && decl
-                    .shape
-                    .iter()
-                    .zip(&shape)
-                    .all(|(a, b)| a == b || *a == -1 || *b == -1);
+                && decl.shape.iter().zip(&shape).all(|(a, b)| a == b || *a == -1 || *b == -1);
             if decl.datatype != datatype || !compatible {
                 return Err(LoadError::OutputMismatch {
                     model: model.into(),
@@ -504,11 +354,7 @@ fn describe_outputs(
                 });
             }
         }
-        specs.push(TensorMetadata {
-            name: name.clone(),
-            datatype,
-            shape,
-        });
+        specs.push(TensorMetadata { name: name.clone(), datatype, shape });
     }
     Ok(specs)
 }

@@ -18,10 +18,7 @@ pub struct ModelRepository {
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
     #[error("model repository {dir}: {source} (set models.repository in the config or pass --models DIR)")]
-    Unreadable {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { dir: PathBuf, source: std::io::Error },
     #[error("\"{0}\" is not a valid model name: use letters, digits, '_', '-' and '.', at most 64 characters")]
     InvalidName(String),
     #[error("no model \"{name}\" in {dir}")]
@@ -42,19 +39,14 @@ pub fn is_valid_model_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 impl ModelRepository {
     /// Loads every model under `dir`. A model that fails is reported in the returned list and left
     /// out; the others still serve.
     pub fn load(dir: &Path) -> Result<(ModelRepository, Vec<LoadError>), RepositoryError> {
-        let unreadable = |source| RepositoryError::Unreadable {
-            dir: dir.to_path_buf(),
-            source,
-        };
+        let unreadable = |source| RepositoryError::Unreadable { dir: dir.to_path_buf(), source };
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
@@ -91,11 +83,7 @@ impl ModelRepository {
         }
         let model_dir = dir.join(name);
         if !model_dir.is_dir() {
-            return Err(RepositoryError::NotFound {
-                name: name.to_string(),
-                dir: dir.to_path_buf(),
-            }
-            .into());
+            return Err(RepositoryError::NotFound { name: name.to_string(), dir: dir.to_path_buf() }.into());
         }
         Ok(Model::load(name, &model_dir)?)
     }
@@ -126,17 +114,7 @@ mod tests {
         for ok in ["digits", "ppocr_rec", "resnet-50", "v1.2"] {
             assert!(is_valid_model_name(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "..",
-            ".hidden",
-            "a/b",
-            "a+b",
-            "a#",
-            "x y",
-            "é",
-            &"x".repeat(65),
-        ] {
+        for bad in ["", "..", ".hidden", "a/b", "a+b", "a#", "x y", "é", &"x".repeat(65)] {
             assert!(!is_valid_model_name(bad), "{bad}");
         }
     }

@@ -103,10 +103,7 @@ impl Connection {
                 }
             }
             for (topic, payload) in retained {
-                if let Err(e) = client
-                    .publish(topic.clone(), QoS::AtLeastOnce, true, payload)
-                    .await
-                {
+                if let Err(e) = client.publish(topic.clone(), QoS::AtLeastOnce, true, payload).await {
                     tracing::warn!(%topic, error = %e, "could not publish retained message");
                 }
             }

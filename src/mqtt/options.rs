@@ -41,10 +41,7 @@ pub fn mqtt_options(config: &Config, client_id: &str) -> Result<MqttOptions, Set
     options.set_clean_start(true);
     options.set_connection_timeout(10);
     let max_payload = config.requests.max_payload_bytes;
-    let packet_limit = max_payload
-        .saturating_mul(2)
-        .max(max_payload + PACKET_OVERHEAD)
-        .min(268_435_455);
+    let packet_limit = max_payload.saturating_mul(2).max(max_payload + PACKET_OVERHEAD).min(268_435_455);
     options.set_max_packet_size(Some(packet_limit as u32));
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
@@ -54,9 +51,7 @@ pub fn mqtt_options(config: &Config, client_id: &str) -> Result<MqttOptions, Set
         options.set_credentials(user.clone(), config.broker_password()?.unwrap_or_default());
     }
     if endpoint.tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(config)?),
-        )));
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(config)?))));
     }
     Ok(options)
 }
@@ -76,9 +71,7 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, SetupError> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(SetupError::Tls(
-                    "no CA certificates in the system trust store; set broker.ca_file".into(),
-                ));
+                return Err(SetupError::Tls("no CA certificates in the system trust store; set broker.ca_file".into()));
             }
         }
     }
@@ -92,30 +85,20 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, SetupError> {
             let chain = read_certs(cert)?;
             let key = rustls_pemfile::private_key(&mut reader(key_path)?)
                 .map_err(|e| tls_file(key_path, e))?
-                .ok_or_else(|| {
-                    tls_file(
-                        key_path,
-                        "no private key found (PEM PKCS#8, PKCS#1 or SEC1)",
-                    )
-                })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| SetupError::Tls(e.to_string()))
+                .ok_or_else(|| tls_file(key_path, "no private key found (PEM PKCS#8, PKCS#1 or SEC1)"))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| SetupError::Tls(e.to_string()))
         }
         _ => Ok(builder.with_no_client_auth()),
     }
 }
 
 fn reader(path: &Path) -> Result<BufReader<File>, SetupError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|e| tls_file(path, e))
+    File::open(path).map(BufReader::new).map_err(|e| tls_file(path, e))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, SetupError> {
-    let certs = rustls_pemfile::certs(&mut reader(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_file(path, e))?;
+    let certs =
+        rustls_pemfile::certs(&mut reader(path)?).collect::<Result<Vec<_>, _>>().map_err(|e| tls_file(path, e))?;
     if certs.is_empty() {
         return Err(tls_file(path, "no PEM certificate found"));
     }
@@ -123,8 +106,5 @@ fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'stat
 }
 
 fn tls_file(path: &Path, message: impl ToString) -> SetupError {
-    SetupError::TlsFile {
-        path: path.to_path_buf(),
-        message: message.to_string(),
-    }
+    SetupError::TlsFile { path: path.to_path_buf(), message: message.to_string() }
 }

@@ -29,19 +29,12 @@ impl Outgoing {
         let mut props = PublishProperties {
             correlation_data: self.correlation.clone(),
             content_type: Some(
-                if self.header_len.is_some() {
-                    "application/octet-stream"
-                } else {
-                    "application/json"
-                }
-                .into(),
+                if self.header_len.is_some() { "application/octet-stream" } else { "application/json" }.into(),
             ),
             ..Default::default()
         };
         if let Some(len) = self.header_len {
-            props
-                .user_properties
-                .push((HEADER_LENGTH_PROPERTY.to_string(), len.to_string()));
+            props.user_properties.push((HEADER_LENGTH_PROPERTY.to_string(), len.to_string()));
         } else {
             props.payload_format_indicator = Some(1);
         }
@@ -63,15 +56,8 @@ pub async fn run(client: AsyncClient, mut commands: mpsc::Receiver<Command>) {
         match command {
             Command::Publish(out) => {
                 let props = out.properties();
-                if let Err(e) = client
-                    .publish_with_properties(
-                        out.topic.clone(),
-                        out.qos,
-                        out.retain,
-                        out.payload,
-                        props,
-                    )
-                    .await
+                if let Err(e) =
+                    client.publish_with_properties(out.topic.clone(), out.qos, out.retain, out.payload, props).await
                 {
                     tracing::warn!(topic = %out.topic, error = %e, "reply not published: MQTT client is gone");
                 }

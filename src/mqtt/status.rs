@@ -18,32 +18,17 @@ struct Status<'a> {
 
 /// `{"state":"online",...}` with the models this board serves.
 pub fn online(device: &str, models: &[String]) -> Vec<u8> {
-    encode(Status {
-        state: "online",
-        version: VERSION,
-        device: Some(device),
-        models: Some(models),
-    })
+    encode(Status { state: "online", version: VERSION, device: Some(device), models: Some(models) })
 }
 
 /// The Last Will: what the broker publishes if the connection dies without a goodbye.
 pub fn offline(device: &str) -> Vec<u8> {
-    encode(Status {
-        state: "offline",
-        version: VERSION,
-        device: Some(device),
-        models: None,
-    })
+    encode(Status { state: "offline", version: VERSION, device: Some(device), models: None })
 }
 
 /// Published on a clean shutdown, so that an operator can tell a stop from a crash.
 pub fn stopped(device: &str) -> Vec<u8> {
-    encode(Status {
-        state: "stopped",
-        version: VERSION,
-        device: Some(device),
-        models: None,
-    })
+    encode(Status { state: "stopped", version: VERSION, device: Some(device), models: None })
 }
 
 fn encode(status: Status<'_>) -> Vec<u8> {

@@ -31,21 +31,14 @@ impl Topics {
     }
 
     pub fn from_config(config: &Config) -> Topics {
-        Topics::new(
-            &config.topics.base,
-            config.device(),
-            Some(&config.topics.fleet_group),
-        )
+        Topics::new(&config.topics.base, config.device(), Some(&config.topics.fleet_group))
     }
 
     /// The subscriptions that bring requests to this board.
     pub fn request_filters(&self) -> Vec<String> {
         let mut filters = vec![format!("{}/{}/models/+/infer", self.base, self.device)];
         if let Some(group) = &self.fleet_group {
-            filters.push(format!(
-                "$share/{group}/{}/{FLEET}/models/+/infer",
-                self.base
-            ));
+            filters.push(format!("$share/{group}/{}/{FLEET}/models/+/infer", self.base));
         }
         filters
     }
@@ -82,10 +75,7 @@ impl Topics {
 /// Whether a client-chosen reply topic is one we may publish to: a concrete topic, not a
 /// wildcard filter, not a `$` system topic.
 pub fn is_valid_reply_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 65_535
-        && !topic.starts_with('$')
-        && !topic.contains(['+', '#', '\0'])
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.starts_with('$') && !topic.contains(['+', '#', '\0'])
 }
 
 #[cfg(test)]
@@ -95,13 +85,7 @@ mod tests {
     #[test]
     fn filters_and_topics_follow_the_scheme() {
         let t = Topics::new("edgeinfer", "pi4", Some("g1"));
-        assert_eq!(
-            t.request_filters(),
-            [
-                "edgeinfer/pi4/models/+/infer",
-                "$share/g1/edgeinfer/fleet/models/+/infer"
-            ]
-        );
+        assert_eq!(t.request_filters(), ["edgeinfer/pi4/models/+/infer", "$share/g1/edgeinfer/fleet/models/+/infer"]);
         assert_eq!(t.status(), "edgeinfer/pi4/status");
         assert_eq!(t.metadata("digits"), "edgeinfer/pi4/models/digits");
         assert_eq!(t.result("digits"), "edgeinfer/pi4/models/digits/result");
@@ -111,14 +95,8 @@ mod tests {
     #[test]
     fn model_names_come_only_from_our_request_topics() {
         let t = Topics::new("edgeinfer", "pi4", Some("g1"));
-        assert_eq!(
-            t.model_of("edgeinfer/pi4/models/digits/infer"),
-            Some("digits")
-        );
-        assert_eq!(
-            t.model_of("edgeinfer/fleet/models/digits/infer"),
-            Some("digits")
-        );
+        assert_eq!(t.model_of("edgeinfer/pi4/models/digits/infer"), Some("digits"));
+        assert_eq!(t.model_of("edgeinfer/fleet/models/digits/infer"), Some("digits"));
         assert_eq!(t.model_of("edgeinfer/other/models/digits/infer"), None);
         assert_eq!(t.model_of("edgeinfer/pi4/models/digits/result"), None);
         assert_eq!(t.model_of("edgeinfer/pi4/models//infer"), None);

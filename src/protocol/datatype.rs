@@ -47,11 +47,7 @@ const TABLE: &[(DataType, &str)] = &[
 impl DataType {
     /// The protocol's name for this datatype.
     pub fn as_str(self) -> &'static str {
-        TABLE
-            .iter()
-            .find(|(d, _)| *d == self)
-            .map(|(_, n)| *n)
-            .unwrap_or("BYTES")
+        TABLE.iter().find(|(d, _)| *d == self).map(|(_, n)| *n).unwrap_or("BYTES")
     }
 
     /// Bytes per element in the binary tensor extension; `None` for variable-length BYTES.
@@ -121,11 +117,7 @@ impl FromStr for DataType {
     type Err = UnknownDataType;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TABLE
-            .iter()
-            .find(|(_, n)| *n == s)
-            .map(|(d, _)| *d)
-            .ok_or_else(|| UnknownDataType(s.to_string()))
+        TABLE.iter().find(|(_, n)| *n == s).map(|(d, _)| *d).ok_or_else(|| UnknownDataType(s.to_string()))
     }
 }
 

@@ -9,9 +9,5 @@ pub mod response;
 
 pub use datatype::DataType;
 pub use metadata::{ModelMetadata, TensorMetadata};
-pub use request::{
-    decode_request, DecodeError, DecodeFailure, InferRequest, InputTensor, RequestIdentity,
-};
-pub use response::{
-    decode_reply, encode_error, encode_response, EncodedReply, ErrorCode, OutputTensor,
-};
+pub use request::{decode_request, DecodeError, DecodeFailure, InferRequest, InputTensor, RequestIdentity};
+pub use response::{decode_reply, encode_error, encode_response, EncodedReply, ErrorCode, OutputTensor};

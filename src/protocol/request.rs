@@ -70,13 +70,8 @@ pub enum DecodeError {
     #[error("input \"{0}\" appears more than once")]
     DuplicateInput(String),
     #[error("input \"{name}\": {source}")]
-    UnknownDataType {
-        name: String,
-        source: super::datatype::UnknownDataType,
-    },
-    #[error(
-        "input \"{0}\": BYTES tensors are not supported by numeric models; send a numeric datatype"
-    )]
+    UnknownDataType { name: String, source: super::datatype::UnknownDataType },
+    #[error("input \"{0}\": BYTES tensors are not supported by numeric models; send a numeric datatype")]
     BytesUnsupported(String),
     #[error("input \"{name}\": shape {shape:?} is too large")]
     ShapeOverflow { name: String, shape: Vec<u64> },
@@ -85,26 +80,11 @@ pub enum DecodeError {
     #[error("input \"{name}\": {message}")]
     BadData { name: String, message: String },
     #[error("input \"{name}\": shape {shape:?} needs {expected} values, data has {actual}")]
-    LengthMismatch {
-        name: String,
-        shape: Vec<usize>,
-        expected: usize,
-        actual: usize,
-    },
+    LengthMismatch { name: String, shape: Vec<usize>, expected: usize, actual: usize },
     #[error("input \"{name}\": binary_data_size is {actual} bytes, shape {shape:?} of {datatype} needs {expected}")]
-    BinarySizeMismatch {
-        name: String,
-        shape: Vec<usize>,
-        datatype: DataType,
-        expected: usize,
-        actual: usize,
-    },
+    BinarySizeMismatch { name: String, shape: Vec<usize>, datatype: DataType, expected: usize, actual: usize },
     #[error("binary inputs need {needed} bytes after the {header} byte header, the payload has {available}")]
-    BinaryTruncated {
-        header: usize,
-        needed: usize,
-        available: usize,
-    },
+    BinaryTruncated { header: usize, needed: usize, available: usize },
     #[error("{extra} bytes after the JSON header are not claimed by any input's binary_data_size")]
     BinaryTrailing { extra: usize },
     #[error("header length {header} (user property {HEADER_LENGTH_PROPERTY}) exceeds the {payload} byte payload")]
@@ -122,26 +102,17 @@ pub struct DecodeFailure {
 
 /// Parses the value of the `inference-header-content-length` user property.
 pub fn parse_header_length(value: &str) -> Result<usize, DecodeError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| DecodeError::BadHeaderLength(value.to_string()))
+    value.trim().parse().map_err(|_| DecodeError::BadHeaderLength(value.to_string()))
 }
 
 /// Decodes a request payload. `header_len` is the binary extension's JSON header length, when the
 /// message carried one; without it the whole payload is JSON.
-pub fn decode_request(
-    payload: &[u8],
-    header_len: Option<usize>,
-) -> Result<InferRequest, DecodeFailure> {
+pub fn decode_request(payload: &[u8], header_len: Option<usize>) -> Result<InferRequest, DecodeFailure> {
     let (header, binary) = match header_len {
         Some(len) if len > payload.len() => {
             return Err(DecodeFailure {
                 identity: RequestIdentity::default(),
-                error: DecodeError::HeaderLengthTooLarge {
-                    header: len,
-                    payload: payload.len(),
-                },
+                error: DecodeError::HeaderLengthTooLarge { header: len, payload: payload.len() },
             })
         }
         Some(len) => payload.split_at(len),
@@ -157,8 +128,7 @@ pub fn decode_request(
         }
     };
     let identity = raw.identity();
-    raw.into_request(identity.clone(), header.len(), binary)
-        .map_err(|error| DecodeFailure { identity, error })
+    raw.into_request(identity.clone(), header.len(), binary).map_err(|error| DecodeFailure { identity, error })
 }
 
 /// Best effort for a payload that is not a valid request: if it is JSON at all, find the id and
@@ -185,9 +155,7 @@ fn recover_identity(header: &[u8]) -> RequestIdentity {
         Ok(loose) => {
             let params = loose.parameters;
             RequestIdentity {
-                id: loose
-                    .id
-                    .or_else(|| params.as_ref().and_then(|p| p.id.clone())),
+                id: loose.id.or_else(|| params.as_ref().and_then(|p| p.id.clone())),
                 reply_to: params.and_then(|p| p.reply_to),
             }
         }
@@ -207,9 +175,9 @@ fn scalar_to_string(v: serde_json::Value) -> Option<String> {
 fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Null => Ok(None),
-        v => scalar_to_string(v)
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom("\"id\" must be a string or a number")),
+        v => {
+            scalar_to_string(v).map(Some).ok_or_else(|| serde::de::Error::custom("\"id\" must be a string or a number"))
+        }
     }
 }
 
@@ -289,17 +257,10 @@ impl RawRequest<'_> {
             inputs.push(raw.into_tensor(header_len, binary, &mut offset)?);
         }
         if offset < binary.len() {
-            return Err(DecodeError::BinaryTrailing {
-                extra: binary.len() - offset,
-            });
+            return Err(DecodeError::BinaryTrailing { extra: binary.len() - offset });
         }
         let outputs = self.outputs.map(|outs| {
-            outs.into_iter()
-                .map(|o| RequestedOutput {
-                    name: o.name,
-                    binary: o.parameters.binary_data,
-                })
-                .collect()
+            outs.into_iter().map(|o| RequestedOutput { name: o.name, binary: o.parameters.binary_data }).collect()
         });
         Ok(InferRequest {
             identity,
@@ -312,31 +273,16 @@ impl RawRequest<'_> {
 }
 
 impl RawInput<'_> {
-    fn into_tensor(
-        self,
-        header_len: usize,
-        binary: &[u8],
-        offset: &mut usize,
-    ) -> Result<InputTensor, DecodeError> {
+    fn into_tensor(self, header_len: usize, binary: &[u8], offset: &mut usize) -> Result<InputTensor, DecodeError> {
         let name = self.name;
         let datatype: DataType =
-            self.datatype
-                .parse()
-                .map_err(|source| DecodeError::UnknownDataType {
-                    name: name.clone(),
-                    source,
-                })?;
-        let element_size = datatype
-            .element_size()
-            .ok_or_else(|| DecodeError::BytesUnsupported(name.clone()))?;
+            self.datatype.parse().map_err(|source| DecodeError::UnknownDataType { name: name.clone(), source })?;
+        let element_size = datatype.element_size().ok_or_else(|| DecodeError::BytesUnsupported(name.clone()))?;
         let shape = checked_shape(&name, &self.shape)?;
         let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let byte_len = count.and_then(|c| c.checked_mul(element_size));
         let (Some(count), Some(byte_len)) = (count, byte_len) else {
-            return Err(DecodeError::ShapeOverflow {
-                name,
-                shape: self.shape,
-            });
+            return Err(DecodeError::ShapeOverflow { name, shape: self.shape });
         };
         let tensor = if let Some(size) = self.parameters.binary_data_size {
             let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -349,10 +295,8 @@ impl RawInput<'_> {
                     actual: size,
                 });
             }
-            let end = offset
-                .checked_add(size)
-                .filter(|&end| end <= binary.len())
-                .ok_or(DecodeError::BinaryTruncated {
+            let end =
+                offset.checked_add(size).filter(|&end| end <= binary.len()).ok_or(DecodeError::BinaryTruncated {
                     header: header_len,
                     needed: offset.saturating_add(size),
                     available: binary.len(),
@@ -365,11 +309,7 @@ impl RawInput<'_> {
         } else {
             return Err(DecodeError::NoData { name });
         };
-        Ok(InputTensor {
-            name,
-            datatype,
-            tensor,
-        })
+        Ok(InputTensor { name, datatype, tensor })
     }
 }
 
@@ -378,21 +318,11 @@ fn checked_shape(name: &str, shape: &[u64]) -> Result<Vec<usize>, DecodeError> {
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| DecodeError::ShapeOverflow {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-        })
+        .map_err(|_| DecodeError::ShapeOverflow { name: name.to_string(), shape: shape.to_vec() })
 }
 
-fn tensor_from_le_bytes(
-    name: &str,
-    datatype: DataType,
-    shape: &[usize],
-    bytes: &[u8],
-) -> Result<Tensor, DecodeError> {
-    let dt = datatype
-        .datum_type()
-        .ok_or_else(|| DecodeError::BytesUnsupported(name.to_string()))?;
+fn tensor_from_le_bytes(name: &str, datatype: DataType, shape: &[usize], bytes: &[u8]) -> Result<Tensor, DecodeError> {
+    let dt = datatype.datum_type().ok_or_else(|| DecodeError::BytesUnsupported(name.to_string()))?;
     if datatype == DataType::Bool {
         if let Some(pos) = bytes.iter().position(|&b| b > 1) {
             return Err(DecodeError::BadData {
@@ -403,10 +333,8 @@ fn tensor_from_le_bytes(
     }
     // SAFETY: every bit pattern is a valid value of the numeric datum types, and BOOL bytes were
     // checked above to be 0 or 1; `from_raw_dt` copies into a freshly aligned buffer.
-    unsafe { Tensor::from_raw_dt(dt, shape, bytes) }.map_err(|e| DecodeError::BadData {
-        name: name.to_string(),
-        message: e.to_string(),
-    })
+    unsafe { Tensor::from_raw_dt(dt, shape, bytes) }
+        .map_err(|e| DecodeError::BadData { name: name.to_string(), message: e.to_string() })
 }
 
 fn tensor_from_json(
@@ -425,15 +353,9 @@ fn tensor_from_json(
         // A lying shape must not make us reserve gigabytes: every value takes at least one byte of JSON.
         let mut values: Vec<T> = Vec::with_capacity(count.min(data.get().len()));
         let mut de = serde_json::Deserializer::from_str(data.get());
-        Flatten {
-            out: &mut values,
-            limit: count,
-        }
-        .deserialize(&mut de)
-        .map_err(|e| DecodeError::BadData {
-            name: name.to_string(),
-            message: clean_serde_message(&e),
-        })?;
+        Flatten { out: &mut values, limit: count }
+            .deserialize(&mut de)
+            .map_err(|e| DecodeError::BadData { name: name.to_string(), message: clean_serde_message(&e) })?;
         if values.len() != count {
             return Err(DecodeError::LengthMismatch {
                 name: name.to_string(),
@@ -442,10 +364,8 @@ fn tensor_from_json(
                 actual: values.len(),
             });
         }
-        Tensor::from_shape(shape, &values).map_err(|e| DecodeError::BadData {
-            name: name.to_string(),
-            message: e.to_string(),
-        })
+        Tensor::from_shape(shape, &values)
+            .map_err(|e| DecodeError::BadData { name: name.to_string(), message: e.to_string() })
     }
     match datatype {
         DataType::Bool => typed::<bool>(name, shape, count, data),
@@ -555,10 +475,7 @@ impl<'de, T: JsonElement> DeserializeSeed<'de> for Flatten<'_, T> {
 impl<T: JsonElement> Flatten<'_, T> {
     fn push<E: serde::de::Error>(self, v: Option<T>, shown: &dyn fmt::Display) -> Result<(), E> {
         if self.out.len() == self.limit {
-            return Err(E::custom(format!(
-                "more values than the shape holds ({})",
-                self.limit
-            )));
+            return Err(E::custom(format!("more values than the shape holds ({})", self.limit)));
         }
         let v = v.ok_or_else(|| E::custom(format!("{shown} is not a valid {} value", T::NAME)))?;
         self.out.push(v);
@@ -574,13 +491,7 @@ impl<'de, T: JsonElement> Visitor<'de> for Flatten<'_, T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(Flatten {
-                out: &mut *self.out,
-                limit: self.limit,
-            })?
-            .is_some()
-        {}
+        while seq.next_element_seed(Flatten { out: &mut *self.out, limit: self.limit })?.is_some() {}
         Ok(())
     }
 
@@ -602,9 +513,7 @@ impl<'de, T: JsonElement> Visitor<'de> for Flatten<'_, T> {
 }
 
 /// Reads the per-message metadata the decoder needs from MQTT v5 user properties.
-pub fn header_length_from_properties(
-    user_properties: &[(String, String)],
-) -> Option<Result<usize, DecodeError>> {
+pub fn header_length_from_properties(user_properties: &[(String, String)]) -> Option<Result<usize, DecodeError>> {
     user_properties
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(HEADER_LENGTH_PROPERTY))
@@ -626,8 +535,7 @@ pub fn encode_binary_request(request: &InferRequest) -> (Vec<u8>, usize) {
             })
         })
         .collect();
-    let mut header =
-        serde_json::json!({"parameters": {"binary_data_output": true}, "inputs": inputs});
+    let mut header = serde_json::json!({"parameters": {"binary_data_output": true}, "inputs": inputs});
     if let Some(id) = &request.identity.id {
         header["id"] = id.as_str().into();
     }
@@ -638,10 +546,7 @@ pub fn encode_binary_request(request: &InferRequest) -> (Vec<u8>, usize) {
         header["parameters"]["timeout_ms"] = (timeout.as_millis() as u64).into();
     }
     if let Some(outputs) = &request.outputs {
-        header["outputs"] = outputs
-            .iter()
-            .map(|o| serde_json::json!({"name": o.name}))
-            .collect();
+        header["outputs"] = outputs.iter().map(|o| serde_json::json!({"name": o.name})).collect();
     }
     let mut payload = serde_json::to_vec(&header).expect("a JSON object serialises");
     let header_len = payload.len();
@@ -661,21 +566,13 @@ mod tests {
 
     #[test]
     fn flat_and_nested_data_give_the_same_tensor() {
-        let flat = decode(
-            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4.5]}]}"#,
-        )
-        .unwrap();
-        let nested = decode(
-            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#,
-        )
-        .unwrap();
+        let flat = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4.5]}]}"#).unwrap();
+        let nested =
+            decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#).unwrap();
         assert_eq!(flat.inputs[0].tensor, nested.inputs[0].tensor);
         assert_eq!(flat.inputs[0].tensor.shape(), &[2, 2]);
         let view = flat.inputs[0].tensor.to_plain_array_view::<f32>().unwrap();
-        assert_eq!(
-            view.iter().copied().collect::<Vec<_>>(),
-            vec![1.0, 2.0, 3.0, 4.5]
-        );
+        assert_eq!(view.iter().copied().collect::<Vec<_>>(), vec![1.0, 2.0, 3.0, 4.5]);
     }
 
     #[test]
@@ -694,35 +591,19 @@ mod tests {
             ("FP32", "[0.5,-2]"),
             ("FP64", "[0.5,-2]"),
         ] {
-            let json = format!(
-                r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{dt}","data":{data}}}]}}"#
-            );
+            let json = format!(r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{dt}","data":{data}}}]}}"#);
             let req = decode(&json).unwrap_or_else(|e| panic!("{dt}: {}", e.error));
             assert_eq!(req.inputs[0].datatype.as_str(), dt);
-            assert_eq!(
-                req.inputs[0].tensor.datum_type(),
-                req.inputs[0].datatype.datum_type().unwrap()
-            );
+            assert_eq!(req.inputs[0].tensor.datum_type(), req.inputs[0].datatype.datum_type().unwrap());
         }
     }
 
     #[test]
     fn out_of_range_and_fractional_integers_are_refused() {
-        for (dt, data) in [
-            ("UINT8", "[256]"),
-            ("INT8", "[-129]"),
-            ("INT32", "[1.5]"),
-            ("BOOL", "[1]"),
-        ] {
-            let json = format!(
-                r#"{{"id":"r","inputs":[{{"name":"x","shape":[1],"datatype":"{dt}","data":{data}}}]}}"#
-            );
+        for (dt, data) in [("UINT8", "[256]"), ("INT8", "[-129]"), ("INT32", "[1.5]"), ("BOOL", "[1]")] {
+            let json = format!(r#"{{"id":"r","inputs":[{{"name":"x","shape":[1],"datatype":"{dt}","data":{data}}}]}}"#);
             let err = decode(&json).unwrap_err();
-            assert!(
-                matches!(err.error, DecodeError::BadData { .. }),
-                "{dt}: {:?}",
-                err.error
-            );
+            assert!(matches!(err.error, DecodeError::BadData { .. }), "{dt}: {:?}", err.error);
             assert!(err.error.to_string().contains(dt), "{}", err.error);
             assert_eq!(err.identity.id.as_deref(), Some("r"));
         }
@@ -730,30 +611,15 @@ mod tests {
 
     #[test]
     fn data_length_must_match_shape() {
-        let short =
-            decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#)
-                .unwrap_err();
-        assert!(matches!(
-            short.error,
-            DecodeError::LengthMismatch {
-                expected: 3,
-                actual: 2,
-                ..
-            }
-        ));
-        let long =
-            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#)
-                .unwrap_err();
-        assert!(long
-            .error
-            .to_string()
-            .contains("more values than the shape holds"));
+        let short = decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#).unwrap_err();
+        assert!(matches!(short.error, DecodeError::LengthMismatch { expected: 3, actual: 2, .. }));
+        let long = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#).unwrap_err();
+        assert!(long.error.to_string().contains("more values than the shape holds"));
     }
 
     #[test]
     fn malformed_json_still_recovers_the_identity_when_it_can() {
-        let err = decode(r#"{"id":7,"parameters":{"reply_to":"me/replies"},"inputs":"nope"}"#)
-            .unwrap_err();
+        let err = decode(r#"{"id":7,"parameters":{"reply_to":"me/replies"},"inputs":"nope"}"#).unwrap_err();
         assert!(matches!(err.error, DecodeError::MalformedJson(_)));
         assert_eq!(err.identity.id.as_deref(), Some("7"));
         assert_eq!(err.identity.reply_to.as_deref(), Some("me/replies"));
@@ -773,13 +639,7 @@ mod tests {
         assert_eq!(req.identity.reply_to.as_deref(), Some("a/b"));
         assert_eq!(req.timeout, Some(Duration::from_millis(250)));
         assert!(req.binary_outputs);
-        assert_eq!(
-            req.outputs.unwrap()[0],
-            RequestedOutput {
-                name: "y".into(),
-                binary: Some(false)
-            }
-        );
+        assert_eq!(req.outputs.unwrap()[0], RequestedOutput { name: "y".into(), binary: Some(false) });
     }
 
     fn binary_payload(header: &str, body: &[u8]) -> (Vec<u8>, usize) {
@@ -811,10 +671,7 @@ mod tests {
     fn binary_sizes_that_do_not_add_up_are_named() {
         let header = r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":12}}]}"#;
         let (payload, len) = binary_payload(header, &[0; 8]);
-        assert!(matches!(
-            decode_request(&payload, Some(len)).unwrap_err().error,
-            DecodeError::BinaryTruncated { .. }
-        ));
+        assert!(matches!(decode_request(&payload, Some(len)).unwrap_err().error, DecodeError::BinaryTruncated { .. }));
         let (payload, len) = binary_payload(header, &[0; 16]);
         assert!(matches!(
             decode_request(&payload, Some(len)).unwrap_err().error,
@@ -824,16 +681,9 @@ mod tests {
         let (payload, len) = binary_payload(wrong, &[0; 10]);
         assert!(matches!(
             decode_request(&payload, Some(len)).unwrap_err().error,
-            DecodeError::BinarySizeMismatch {
-                expected: 12,
-                actual: 10,
-                ..
-            }
+            DecodeError::BinarySizeMismatch { expected: 12, actual: 10, .. }
         ));
-        assert!(matches!(
-            decode_request(b"{}", Some(99)).unwrap_err().error,
-            DecodeError::HeaderLengthTooLarge { .. }
-        ));
+        assert!(matches!(decode_request(b"{}", Some(99)).unwrap_err().error, DecodeError::HeaderLengthTooLarge { .. }));
     }
 
     #[test]
@@ -848,10 +698,7 @@ mod tests {
         assert_eq!(binary.identity.id.as_deref(), Some("b"));
         assert!(binary.binary_outputs);
         for (a, b) in json.inputs.iter().zip(&binary.inputs) {
-            assert_eq!(
-                (&a.name, a.datatype, &a.tensor),
-                (&b.name, b.datatype, &b.tensor)
-            );
+            assert_eq!((&a.name, a.datatype, &a.tensor), (&b.name, b.datatype, &b.tensor));
         }
     }
 
@@ -862,29 +709,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err.error, DecodeError::ShapeOverflow { .. }));
-        let err = decode(
-            r#"{"inputs":[{"name":"x","shape":[1000000000],"datatype":"FP32","data":[1]}]}"#,
-        )
-        .unwrap_err();
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[1000000000],"datatype":"FP32","data":[1]}]}"#).unwrap_err();
         assert!(matches!(err.error, DecodeError::LengthMismatch { .. }));
     }
 
     #[test]
     fn other_request_mistakes_are_named() {
+        assert!(matches!(decode(r#"{"inputs":[]}"#).unwrap_err().error, DecodeError::NoInputs));
         assert!(matches!(
-            decode(r#"{"inputs":[]}"#).unwrap_err().error,
-            DecodeError::NoInputs
-        ));
-        assert!(matches!(
-            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#)
-                .unwrap_err()
-                .error,
+            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#).unwrap_err().error,
             DecodeError::NoData { .. }
         ));
         assert!(matches!(
-            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#)
-                .unwrap_err()
-                .error,
+            decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#).unwrap_err().error,
             DecodeError::UnknownDataType { .. }
         ));
         assert!(matches!(
@@ -896,9 +733,6 @@ mod tests {
             .error,
             DecodeError::DuplicateInput(_)
         ));
-        assert!(matches!(
-            parse_header_length("12a"),
-            Err(DecodeError::BadHeaderLength(_))
-        ));
+        assert!(matches!(parse_header_length("12a"), Err(DecodeError::BadHeaderLength(_))));
     }
 }

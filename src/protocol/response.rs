@@ -58,9 +58,7 @@ impl ErrorCode {
 
 /// An output whose element type the protocol cannot carry.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "output \"{name}\" has element type {datum:?}, which the Open Inference Protocol cannot carry"
-)]
+#[error("output \"{name}\" has element type {datum:?}, which the Open Inference Protocol cannot carry")]
 pub struct UnsupportedOutput {
     pub name: String,
     pub datum: tract_core::prelude::DatumType,
@@ -100,9 +98,7 @@ impl Serialize for JsonData<'_> {
             t: &Tensor,
             f: impl Fn(&T) -> U,
         ) -> Result<S::Ok, S::Error> {
-            let view = t
-                .to_plain_array_view::<T>()
-                .map_err(serde::ser::Error::custom)?;
+            let view = t.to_plain_array_view::<T>().map_err(serde::ser::Error::custom)?;
             let mut out = s.serialize_seq(Some(view.len()))?;
             for v in view.iter() {
                 out.serialize_element(&f(v))?;
@@ -139,51 +135,27 @@ pub fn encode_response(
     for out in outputs {
         let datatype = DataType::from_datum_type(out.tensor.datum_type())
             .filter(|d| *d != DataType::Bytes)
-            .ok_or_else(|| UnsupportedOutput {
-                name: out.name.to_string(),
-                datum: out.tensor.datum_type(),
-            })?;
+            .ok_or_else(|| UnsupportedOutput { name: out.name.to_string(), datum: out.tensor.datum_type() })?;
         let (parameters, data) = if out.binary {
             let size = out.tensor.as_bytes().len();
             binary_len += size;
-            (
-                Some(BinaryParameters {
-                    binary_data_size: size,
-                }),
-                None,
-            )
+            (Some(BinaryParameters { binary_data_size: size }), None)
         } else {
             (None, Some(JsonData(out.tensor, datatype)))
         };
-        headers.push(OutputHeader {
-            name: out.name,
-            datatype,
-            shape: out.tensor.shape(),
-            parameters,
-            data,
-        });
+        headers.push(OutputHeader { name: out.name, datatype, shape: out.tensor.shape(), parameters, data });
     }
-    let header = ResponseHeader {
-        model_name,
-        id,
-        outputs: headers,
-    };
+    let header = ResponseHeader { model_name, id, outputs: headers };
     let mut payload = serde_json::to_vec(&header).expect("tensors of supported types serialise");
     if binary_len == 0 {
-        return Ok(EncodedReply {
-            payload,
-            header_len: None,
-        });
+        return Ok(EncodedReply { payload, header_len: None });
     }
     let header_len = payload.len();
     payload.reserve(binary_len);
     for out in outputs.iter().filter(|o| o.binary) {
         payload.extend_from_slice(out.tensor.as_bytes());
     }
-    Ok(EncodedReply {
-        payload,
-        header_len: Some(header_len),
-    })
+    Ok(EncodedReply { payload, header_len: Some(header_len) })
 }
 
 /// Encodes an error reply: the protocol's `{"error": ...}` plus the request id, the model and a code.
@@ -219,10 +191,7 @@ pub fn decode_reply(payload: &[u8], header_len: Option<usize>) -> Result<Value, 
         return Ok(reply);
     };
     for out in outputs {
-        let Some(size) = out
-            .pointer("/parameters/binary_data_size")
-            .and_then(Value::as_u64)
-        else {
+        let Some(size) = out.pointer("/parameters/binary_data_size").and_then(Value::as_u64) else {
             continue;
         };
         let name = out["name"].as_str().unwrap_or("?").to_string();
@@ -231,21 +200,18 @@ pub fn decode_reply(payload: &[u8], header_len: Option<usize>) -> Result<Value, 
         if size > binary.len() {
             return Err(bad("fewer bytes than binary_data_size"));
         }
-        let datatype: DataType = out["datatype"]
-            .as_str()
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(|| bad("unknown datatype"))?;
+        let datatype: DataType =
+            out["datatype"].as_str().and_then(|d| d.parse().ok()).ok_or_else(|| bad("unknown datatype"))?;
         let (bytes, rest) = binary.split_at(size);
         binary = rest;
-        out["data"] = binary_to_json(datatype, bytes)
-            .ok_or_else(|| bad("size is not a whole number of elements"))?;
+        out["data"] = binary_to_json(datatype, bytes).ok_or_else(|| bad("size is not a whole number of elements"))?;
     }
     Ok(reply)
 }
 
 fn binary_to_json(datatype: DataType, bytes: &[u8]) -> Option<Value> {
     let size = datatype.element_size()?;
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return None;
     }
     let values = bytes.chunks_exact(size).map(|c| match datatype {
@@ -273,16 +239,8 @@ mod tests {
     #[test]
     fn json_reply_carries_id_model_shape_and_data() {
         let t = Tensor::from_shape(&[1, 3], &[0.25f32, 0.5, 0.25]).unwrap();
-        let reply = encode_response(
-            "digits",
-            Some("r1"),
-            &[OutputTensor {
-                name: "p",
-                tensor: &t,
-                binary: false,
-            }],
-        )
-        .unwrap();
+        let reply =
+            encode_response("digits", Some("r1"), &[OutputTensor { name: "p", tensor: &t, binary: false }]).unwrap();
         assert_eq!(reply.header_len, None);
         let v: Value = serde_json::from_slice(&reply.payload).unwrap();
         assert_eq!(
@@ -295,27 +253,11 @@ mod tests {
     fn fp32_values_survive_json_exactly() {
         let values = [0.1f32, 1.0 / 3.0, 1e-30, 3.4028235e38, -0.0];
         let t = Tensor::from_shape(&[5], &values).unwrap();
-        let reply = encode_response(
-            "m",
-            None,
-            &[OutputTensor {
-                name: "y",
-                tensor: &t,
-                binary: false,
-            }],
-        )
-        .unwrap();
+        let reply = encode_response("m", None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
         let v = decode_reply(&reply.payload, None).unwrap();
-        let back: Vec<f32> = v["outputs"][0]["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        assert_eq!(
-            back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
-            values.map(f32::to_bits).to_vec()
-        );
+        let back: Vec<f32> =
+            v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert_eq!(back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), values.map(f32::to_bits).to_vec());
     }
 
     #[test]
@@ -326,16 +268,8 @@ mod tests {
             "m",
             Some("x"),
             &[
-                OutputTensor {
-                    name: "a",
-                    tensor: &a,
-                    binary: true,
-                },
-                OutputTensor {
-                    name: "b",
-                    tensor: &b,
-                    binary: false,
-                },
+                OutputTensor { name: "a", tensor: &a, binary: true },
+                OutputTensor { name: "b", tensor: &b, binary: false },
             ],
         )
         .unwrap();
@@ -351,16 +285,8 @@ mod tests {
 
     #[test]
     fn error_reply_names_id_model_and_code() {
-        let v: Value = serde_json::from_slice(&encode_error(
-            Some("9"),
-            "digits",
-            ErrorCode::Busy,
-            "queue full",
-        ))
-        .unwrap();
-        assert_eq!(
-            v,
-            json!({"id":"9","model_name":"digits","error":"queue full","code":"busy"})
-        );
+        let v: Value =
+            serde_json::from_slice(&encode_error(Some("9"), "digits", ErrorCode::Busy, "queue full")).unwrap();
+        assert_eq!(v, json!({"id":"9","model_name":"digits","error":"queue full","code":"busy"}));
     }
 }

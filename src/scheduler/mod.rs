@@ -104,11 +104,7 @@ struct Inner {
 
 impl Scheduler {
     /// Starts the worker threads for every model of the repository.
-    pub fn start(
-        repository: &ModelRepository,
-        pool: PoolConfig,
-        replies: mpsc::Sender<Command>,
-    ) -> Scheduler {
+    pub fn start(repository: &ModelRepository, pool: PoolConfig, replies: mpsc::Sender<Command>) -> Scheduler {
         let inner = Arc::new(Inner {
             queues: RwLock::new(Some(HashMap::new())),
             workers: Default::default(),
@@ -120,11 +116,7 @@ impl Scheduler {
         for model in repository.models() {
             let (tx, rx) = crossbeam_channel::bounded(pool.queue_capacity);
             for index in 0..pool.workers_per_model {
-                let worker = worker::Worker {
-                    model: model.clone(),
-                    jobs: rx.clone(),
-                    inner: inner.clone(),
-                };
+                let worker = worker::Worker { model: model.clone(), jobs: rx.clone(), inner: inner.clone() };
                 let handle = std::thread::Builder::new()
                     .name(format!("infer-{}-{index}", model.name()))
                     .spawn(move || worker.run())
@@ -157,13 +149,7 @@ impl Scheduler {
     /// blocking context.
     pub fn shutdown(&self, grace: Duration) {
         let _ = self.inner.drain_until.set(Instant::now() + grace);
-        let queues = self
-            .inner
-            .queues
-            .write()
-            .expect("queue lock")
-            .take()
-            .unwrap_or_default();
+        let queues = self.inner.queues.write().expect("queue lock").take().unwrap_or_default();
         let workers = std::mem::take(&mut *self.inner.workers.lock().expect("worker lock"));
         for (model, queue) in &queues {
             let count = workers.iter().filter(|(m, _)| m == model).count();
@@ -182,8 +168,6 @@ impl Scheduler {
 
 impl Inner {
     fn draining_past_grace(&self) -> bool {
-        self.drain_until
-            .get()
-            .is_some_and(|until| Instant::now() > *until)
+        self.drain_until.get().is_some_and(|until| Instant::now() > *until)
     }
 }

@@ -33,26 +33,17 @@ impl Worker {
         if job.deadline.is_some_and(|d| Instant::now() > d) {
             let waited = job.received.elapsed().as_millis();
             let message = format!("deadline exceeded after {waited} ms in the queue; not computed");
-            return job
-                .reply
-                .error(id, name, ErrorCode::DeadlineExceeded, &message);
+            return job.reply.error(id, name, ErrorCode::DeadlineExceeded, &message);
         }
         if self.inner.draining_past_grace() {
-            return job.reply.error(
-                id,
-                name,
-                ErrorCode::ShuttingDown,
-                "the daemon is stopping; not computed",
-            );
+            return job.reply.error(id, name, ErrorCode::ShuttingDown, "the daemon is stopping; not computed");
         }
         match self.model.answer(id, job.inputs) {
             Ok(encoded) => {
                 tracing::debug!(us = job.received.elapsed().as_micros() as u64, "answered");
                 job.reply.result(encoded)
             }
-            Err(e) => job
-                .reply
-                .error(id, name, ErrorCode::Internal, &e.to_string()),
+            Err(e) => job.reply.error(id, name, ErrorCode::Internal, &e.to_string()),
         }
     }
 }

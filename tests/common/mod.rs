@@ -24,11 +24,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A Mosquitto broker of the test's own, on 127.0.0.1 only.
@@ -55,11 +51,7 @@ impl Broker {
 
     fn launch_new(port: u16, extra_conf: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let mut broker = Broker {
-            port,
-            dir,
-            child: None,
-        };
+        let mut broker = Broker { port, dir, child: None };
         let conf = format!(
             "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n{extra_conf}\n",
             broker.port
@@ -80,11 +72,8 @@ impl Broker {
             .expect("mosquitto must be installed (apt-get install mosquitto)");
         self.child = Some(child);
         wait_until("the broker listens", || {
-            TcpStream::connect_timeout(
-                &SocketAddr::from(([127, 0, 0, 1], self.port)),
-                Duration::from_millis(100),
-            )
-            .is_ok()
+            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_millis(100))
+                .is_ok()
         });
     }
 
@@ -141,11 +130,7 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .unwrap();
-        Daemon {
-            device,
-            dir,
-            child: Some(child),
-        }
+        Daemon { device, dir, child: Some(child) }
     }
 
     /// Starts the daemon and waits until its retained status says `online`.
@@ -164,11 +149,7 @@ impl Daemon {
                     return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon never came online; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "daemon never came online; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -184,10 +165,7 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -228,19 +206,7 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// The retained message on `topic`, read with `mosquitto_sub` (a real third-party client).
 pub fn retained(broker: &Broker, topic: &str) -> Option<Value> {
     let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            topic,
-            "-C",
-            "1",
-            "-W",
-            "1",
-            "--retained-only",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", topic, "-C", "1", "-W", "1", "--retained-only"])
         .output()
         .expect("mosquitto_sub must be installed (apt-get install mosquitto-clients)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -272,10 +238,7 @@ pub fn models_dir_with(models: &[&str]) -> TempDir {
 
 pub fn write_file(path: &Path, contents: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::File::create(path)
-        .unwrap()
-        .write_all(contents)
-        .unwrap();
+    std::fs::File::create(path).unwrap().write_all(contents).unwrap();
 }
 
 /// A plain MQTT v5 client for tests that look at protocol details (properties, QoS).
@@ -286,8 +249,7 @@ pub struct V5Client {
 
 impl V5Client {
     pub async fn connect(broker: &Broker, subscribe: &[&str]) -> V5Client {
-        let mut options =
-            MqttOptions::new(format!("test-v5-{}", free_port()), "127.0.0.1", broker.port);
+        let mut options = MqttOptions::new(format!("test-v5-{}", free_port()), "127.0.0.1", broker.port);
         options.set_max_packet_size(Some(64 * 1024 * 1024));
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
@@ -310,26 +272,17 @@ impl V5Client {
         });
         for filter in subscribe {
             client.subscribe(*filter, QoS::AtLeastOnce).await.unwrap();
-            tokio::time::timeout(PATIENCE, subscribed.recv())
-                .await
-                .expect("SUBACK")
-                .unwrap();
+            tokio::time::timeout(PATIENCE, subscribed.recv()).await.expect("SUBACK").unwrap();
         }
         V5Client { client, incoming }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>, props: PublishProperties) {
-        self.client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.into(), props)
-            .await
-            .unwrap();
+        self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload.into(), props).await.unwrap();
     }
 
     pub async fn next(&mut self) -> Publish {
-        tokio::time::timeout(PATIENCE, self.incoming.recv())
-            .await
-            .expect("a message in time")
-            .unwrap()
+        tokio::time::timeout(PATIENCE, self.incoming.recv()).await.expect("a message in time").unwrap()
     }
 }
 
@@ -350,53 +303,28 @@ pub struct Golden {
 }
 
 pub fn digits_golden() -> Golden {
-    let text =
-        std::fs::read_to_string(repo_root().join("tests/fixtures/digits_golden.json")).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("tests/fixtures/digits_golden.json")).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     let rows = |key: &str| -> Vec<Vec<f32>> {
         v[key]
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
             .collect()
     };
-    Golden {
-        inputs: rows("inputs"),
-        probabilities: rows("probabilities"),
-        logits: rows("logits"),
-    }
+    Golden { inputs: rows("inputs"), probabilities: rows("probabilities"), logits: rows("logits") }
 }
 
 pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
 }
 
 /// The `data` of the named output in a decoded reply, as f32.
 pub fn output_data(reply: &Value, name: &str) -> Vec<f32> {
-    let outputs = reply["outputs"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no outputs in {reply}"));
-    let out = outputs
-        .iter()
-        .find(|o| o["name"] == name)
-        .unwrap_or_else(|| panic!("no output {name} in {reply}"));
-    out["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    let outputs = reply["outputs"].as_array().unwrap_or_else(|| panic!("no outputs in {reply}"));
+    let out = outputs.iter().find(|o| o["name"] == name).unwrap_or_else(|| panic!("no output {name} in {reply}"));
+    out["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 pub fn digits_request(id: &str, pixels: &[f32]) -> String {
