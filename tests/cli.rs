@@ -1,0 +1,138 @@
+//! The command line as a user types it: models, infer, inspect, serve --print-config.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+fn edgeinfer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgeinfer")).args(args).current_dir(repo_root()).output().unwrap()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn models_prints_oip_metadata_for_the_shipped_models() {
+    let v = stdout_json(&edgeinfer(&["models"]));
+    let digits = &v.as_array().unwrap()[0];
+    assert_eq!(digits["name"], "digits");
+    assert_eq!(digits["platform"], "onnx_tract");
+    assert_eq!(digits["inputs"][0]["shape"], serde_json::json!([-1, 64]));
+    assert_eq!(digits["labels"][7], "7");
+}
+
+#[test]
+fn infer_runs_the_example_request_locally() {
+    let v = stdout_json(&edgeinfer(&["infer", "digits", "--input", "models/digits/example-request.json"]));
+    let golden = digits_golden();
+    assert_eq!(v["id"], "example-1");
+    let probs = output_data(&v, "probabilities");
+    assert_eq!(argmax(&probs), argmax(&golden.probabilities[0]));
+    for (g, e) in probs.iter().zip(&golden.probabilities[0]) {
+        assert!((g - e).abs() <= 1e-5);
+    }
+}
+
+/// A NumPy v1.0 file written by hand from the format's description: magic, header dict, data.
+fn write_npy(path: &std::path::Path, shape: &[usize], values: &[f32]) {
+    let dict = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        shape.iter().map(|d| format!("{d},")).collect::<String>()
+    );
+    let mut header = dict.into_bytes();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header);
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn infer_takes_a_npy_array_for_a_single_input_model() {
+    let golden = digits_golden();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.npy");
+    let rows: Vec<f32> = golden.inputs[10].iter().chain(&golden.inputs[11]).copied().collect();
+    write_npy(&file, &[2, 64], &rows);
+    let v = stdout_json(&edgeinfer(&["infer", "digits", "--input", file.to_str().unwrap()]));
+    let probs = output_data(&v, "probabilities");
+    assert_eq!(probs.len(), 20, "a batch of two");
+    assert_eq!(argmax(&probs[..10]), argmax(&golden.probabilities[10]));
+    assert_eq!(argmax(&probs[10..]), argmax(&golden.probabilities[11]));
+}
+
+#[test]
+fn infer_explains_a_request_the_model_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.json");
+    std::fs::write(&file, r#"{"inputs":[{"name":"pixels","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}"#)
+        .unwrap();
+    let out = edgeinfer(&["infer", "digits", "--input", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("input \"pixels\" has shape [1, 8]"), "{stderr}");
+    let out = edgeinfer(&["infer", "../etc", "--input", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid model name"));
+}
+
+#[test]
+fn inspect_shows_operators_and_whether_tract_loads_the_file() {
+    let out = edgeinfer(&["inspect", "models/digits/model.onnx"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("pixels FLOAT [N, 64]"), "{text}");
+    assert!(text.contains("Gemm") && text.contains("Softmax"), "{text}");
+    assert!(text.contains("tract: loads and runs"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"\x08\x07garbage").unwrap();
+    let out = edgeinfer(&["inspect", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn print_config_shows_defaults_file_values_and_flag_overrides() {
+    let out = edgeinfer(&[
+        "serve",
+        "--print-config",
+        "--config",
+        "systemd/edgeinfer.toml",
+        "--broker",
+        "mqtts://broker.lan:8884",
+        "--device",
+        "pi-7",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(v["broker"]["url"].as_str(), Some("mqtts://broker.lan:8884"));
+    assert_eq!(v["topics"]["device"].as_str(), Some("pi-7"));
+    assert_eq!(v["broker"]["client_id"].as_str(), Some("edgeinfer-pi-7"));
+    assert_eq!(v["requests"]["max_payload_bytes"].as_integer(), Some(16 * 1024 * 1024));
+}
+
+#[test]
+fn the_example_config_lists_exactly_the_defaults() {
+    let shipped = edgeinfer::config::Config::from_file(&repo_root().join("systemd/edgeinfer.toml")).unwrap();
+    assert_eq!(shipped, edgeinfer::config::Config::default());
+}
+
+#[test]
+fn a_typo_in_the_config_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[requests]\nqueue_capacty = 3\n").unwrap();
+    let out = edgeinfer(&["serve", "--config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue_capacty"));
+}
