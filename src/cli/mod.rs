@@ -1,7 +1,9 @@
 //! Command-line definitions (clap) and one module per subcommand.
 
+mod bench;
 mod infer;
 mod inspect;
+mod loadgen;
 mod models;
 mod request;
 mod serve;
@@ -31,6 +33,10 @@ enum Command {
     Request(request::RequestArgs),
     /// Show an ONNX file's inputs, outputs and operators, and whether tract can load it.
     Inspect(inspect::InspectArgs),
+    /// Benchmark the engine alone: load time, latency percentiles, throughput, peak RSS.
+    Bench(bench::BenchArgs),
+    /// Load-test a running daemon over MQTT: closed or open loop, latency, throughput, errors by kind.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 /// Where the configuration comes from; flags override the file, the file overrides the defaults.
@@ -73,6 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infer(args) => infer::run(args),
         Command::Request(args) => request::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Loadgen(args) => loadgen::run(args),
     }
 }
 

@@ -1,0 +1,149 @@
+//! `edgeinfer bench`: the engine alone, no broker — load time, latency percentiles, throughput and
+//! peak memory for one model. The baseline that end-to-end numbers (`loadgen`) are judged against.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use edgeinfer::model::{Model, ModelRepository};
+use serde::Serialize;
+use tract_core::prelude::{TValue, TVec, Tensor};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model name (a sub-directory of the model repository)
+    model: String,
+    /// Model repository [default: models]
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    models: PathBuf,
+    /// Seconds of measurement for each phase
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Threads for the throughput phase, each running the model in a loop [default: one per core]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Batch size for inputs whose first dimension is -1
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// The measurements, kept apart from their printing.
+#[derive(Debug, Serialize)]
+struct BenchResult {
+    model: String,
+    batch: usize,
+    load_ms: f64,
+    single_thread: Latency,
+    threads: usize,
+    throughput_per_s: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    runs: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    per_s: f64,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let result = measure(&args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        let l = &result.single_thread;
+        println!("model            {} (batch {})", result.model, result.batch);
+        println!("load+optimise    {:.1} ms", result.load_ms);
+        println!("latency, 1 thr   p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({} runs)", l.p50_ms, l.p90_ms, l.p99_ms, l.runs);
+        println!("throughput 1 thr {:.1} inferences/s", l.per_s);
+        println!("throughput {} thr {:.1} inferences/s", result.threads, result.throughput_per_s);
+        println!("peak RSS         {:.1} MB", result.peak_rss_mb);
+    }
+    Ok(())
+}
+
+fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
+    let started = Instant::now();
+    let model = ModelRepository::load_one(&args.models, &args.model)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let inputs = zero_inputs(&model, args.batch)?;
+    let phase = Duration::from_secs_f64(args.seconds);
+
+    let mut samples = Vec::new();
+    let begin = Instant::now();
+    while begin.elapsed() < phase {
+        let t = Instant::now();
+        model.run(inputs.clone())?;
+        samples.push(t.elapsed());
+    }
+    let single_thread = latency(&mut samples, begin.elapsed());
+
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let begin = Instant::now();
+    let counts: Vec<usize> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (model, inputs) = (&model, &inputs);
+                scope.spawn(move || {
+                    let mut n = 0;
+                    while begin.elapsed() < phase {
+                        model.run(inputs.clone()).expect("the model ran in the latency phase");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("bench thread")).collect()
+    });
+    let throughput_per_s = counts.iter().sum::<usize>() as f64 * args.batch as f64 / begin.elapsed().as_secs_f64();
+    Ok(BenchResult {
+        model: args.model.clone(),
+        batch: args.batch,
+        load_ms,
+        single_thread: Latency { per_s: single_thread.per_s * args.batch as f64, ..single_thread },
+        threads,
+        throughput_per_s,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+fn zero_inputs(model: &Model, batch: usize) -> anyhow::Result<TVec<TValue>> {
+    model
+        .metadata()
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| if d < 0 { batch } else { d as usize }).collect();
+            let dt = spec.datatype.datum_type().expect("models take numeric inputs");
+            Ok(Tensor::zero_dt(dt, &shape)?.into())
+        })
+        .collect()
+}
+
+fn latency(samples: &mut [Duration], elapsed: Duration) -> Latency {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e3;
+    Latency {
+        runs: samples.len(),
+        p50_ms: pick(0.50),
+        p90_ms: pick(0.90),
+        p99_ms: pick(0.99),
+        per_s: samples.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in MB; 0 where /proc is not available.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
