@@ -97,6 +97,9 @@ pub struct RequestsConfig {
     pub max_payload_bytes: usize,
     /// Requests waiting per model; beyond this a request is answered `busy` at once.
     pub queue_capacity: usize,
+    /// Input tensor bytes held by accepted, unanswered requests, all models together; beyond this
+    /// a request is answered `busy`. With the queue limits, this bounds the daemon's memory.
+    pub max_queued_bytes: usize,
     /// Inference threads per model; 0 = one per CPU core.
     pub workers: usize,
     /// Deadline for requests that carry none (no Message Expiry, no `timeout_ms`); 0 = none.
@@ -110,6 +113,7 @@ impl Default for RequestsConfig {
         RequestsConfig {
             max_payload_bytes: 16 * 1024 * 1024,
             queue_capacity: 64,
+            max_queued_bytes: 64 * 1024 * 1024,
             workers: 0,
             default_timeout_ms: 0,
             shutdown_grace_ms: 5_000,
@@ -212,6 +216,9 @@ impl Config {
         let r = &self.requests;
         if r.max_payload_bytes == 0 || r.max_payload_bytes > MQTT_MAX_PAYLOAD {
             return invalid("requests.max_payload_bytes", format!("must be between 1 and {MQTT_MAX_PAYLOAD}"));
+        }
+        if r.max_queued_bytes < r.max_payload_bytes {
+            return invalid("requests.max_queued_bytes", "must be at least requests.max_payload_bytes".into());
         }
         if r.queue_capacity == 0 {
             return invalid("requests.queue_capacity", "must be at least 1".into());

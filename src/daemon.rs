@@ -14,7 +14,9 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -26,8 +28,9 @@ use crate::mqtt::publisher::{self, Command, Outgoing};
 use crate::mqtt::{status, Topics};
 use crate::scheduler::{PoolConfig, Scheduler};
 
-/// Requests read from the broker but not yet dispatched.
-const INBOUND_CAPACITY: usize = 256;
+/// Requests read from the broker but not yet dispatched: kept small because each may be as large
+/// as the packet limit; it is also the Receive Maximum the broker is given.
+const INBOUND_CAPACITY: usize = 16;
 /// Replies computed but not yet handed to the MQTT client.
 const REPLY_CAPACITY: usize = 1024;
 /// rumqttc's own request channel.
@@ -57,6 +60,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let device = config.device().to_string();
     let client_id = config.broker.client_id.clone().unwrap_or_else(|| format!("edgeinfer-{device}"));
     let mut options = mqtt_options(&config, &client_id)?;
+    // MQTT's own flow control: the broker sends at most this many unacknowledged QoS 1 requests.
+    options.set_manual_acks(true);
+    options.set_receive_maximum(Some(INBOUND_CAPACITY as u16));
     options.set_last_will(LastWill::new(topics.status(), status::offline(&device), QoS::AtLeastOnce, true, None));
     let (client, eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
 
@@ -90,12 +96,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
     tokio::spawn(
         Dispatcher {
+            client: client.clone(),
             topics: topics.clone(),
             repository: repository.clone(),
             scheduler: scheduler.clone(),
             replies: replies.clone(),
             max_payload_bytes: config.requests.max_payload_bytes,
             default_timeout,
+            budget: Arc::new(Semaphore::new(config.requests.max_queued_bytes.min(u32::MAX as usize))),
         }
         .run(inbound_rx),
     );
@@ -114,8 +122,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     let grace = Duration::from_millis(config.requests.shutdown_grace_ms);
     let draining = scheduler.clone();
-    if tokio::task::spawn_blocking(move || draining.shutdown(grace)).await.is_err() {
-        tracing::error!("the scheduler shutdown panicked");
+    let drained = tokio::task::spawn_blocking(move || draining.shutdown(grace));
+    if tokio::time::timeout(grace + DISCONNECT_TIMEOUT, drained).await.is_err() {
+        tracing::error!("inference threads did not finish in time; stopping without them");
     }
     let stopped = Outgoing {
         topic: topics.status(),

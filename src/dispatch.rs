@@ -4,12 +4,14 @@
 //! unknown model, inputs the model cannot take, full queue. Each gets a reply naming the problem
 //! (and a warning line); nothing here waits on anything but the decoder.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::mpsc;
+use rumqttc::v5::AsyncClient;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::model::ModelRepository;
 use crate::mqtt::publisher::Command;
@@ -20,23 +22,34 @@ use crate::scheduler::{Job, Rejected, ReplyTo, Scheduler};
 
 /// Turns request messages into jobs.
 pub struct Dispatcher {
+    pub client: AsyncClient,
     pub topics: Topics,
     pub repository: ModelRepository,
     pub scheduler: Scheduler,
     pub replies: mpsc::Sender<Command>,
     pub max_payload_bytes: usize,
     pub default_timeout: Option<Duration>,
+    /// Bytes of input tensors that queued jobs may hold in total (one permit per byte).
+    pub budget: Arc<Semaphore>,
 }
 
 impl Dispatcher {
-    /// Handles messages until the connection task closes the channel.
+    /// Handles messages until the connection task closes the channel. A QoS 1 request is
+    /// acknowledged once it has been queued or answered, so the broker's Receive Maximum window
+    /// keeps unread requests in the broker rather than in this process.
     pub async fn run(self, mut requests: mpsc::Receiver<Publish>) {
         while let Some(publish) = requests.recv().await {
-            self.handle(publish);
+            self.handle(&publish);
+            if publish.qos != QoS::AtMostOnce && self.client.try_ack(&publish).is_err() {
+                // The client's channel is full of replies; acknowledge as soon as there is room,
+                // without holding up the next request.
+                let client = self.client.clone();
+                tokio::spawn(async move { client.ack(&publish).await });
+            }
         }
     }
 
-    fn handle(&self, publish: Publish) {
+    fn handle(&self, publish: &Publish) {
         let received = Instant::now();
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             return;
@@ -47,7 +60,7 @@ impl Dispatcher {
         };
         let span = tracing::info_span!("request", model = %model_name, id = tracing::field::Empty);
         let _entered = span.enter();
-        let props = publish.properties.unwrap_or_default();
+        let props = publish.properties.clone().unwrap_or_default();
         let qos = if publish.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
         let refuse = |identity: &RequestIdentity, code: ErrorCode, message: &str| {
             let reply = self.reply_to(&props, identity, model_name, qos);
@@ -87,6 +100,13 @@ impl Dispatcher {
             Ok(inputs) => inputs,
             Err(e) => return refuse(&identity, ErrorCode::BadRequest, &e.to_string()),
         };
+        let bytes: usize = inputs.inputs.iter().map(|t| t.as_bytes().len()).sum();
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        let Ok(budget) = self.budget.clone().try_acquire_many_owned(permits) else {
+            let message =
+                format!("the daemon holds its maximum of queued request bytes; retry later ({bytes} bytes asked)");
+            return refuse(&identity, ErrorCode::Busy, &message);
+        };
         let expiry = props.message_expiry_interval.map(|s| Duration::from_secs(s.into()));
         let timeout = [expiry, request.timeout, self.default_timeout].into_iter().flatten().min();
         let job = Job {
@@ -97,6 +117,7 @@ impl Dispatcher {
             received,
             deadline: timeout.map(|t| received + t),
             span: span.clone(),
+            budget,
         };
         match self.scheduler.submit(job) {
             Ok(()) => {}

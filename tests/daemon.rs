@@ -454,3 +454,39 @@ async fn an_expired_request_is_answered_deadline_exceeded_without_computing() {
     }
     assert_eq!(codes, [json!("deadline_exceeded")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_busy_at_once_and_every_request_gets_exactly_one_reply() {
+    let broker = Broker::start();
+    let daemon = Daemon::start(&broker, &shipped_models(), "[requests]\nworkers = 1\nqueue_capacity = 1\n");
+    let mut client = V5Client::connect(&broker, &["test/busy"]).await;
+    let topic = daemon.infer_topic("digits");
+    let rows = 20_000;
+    let header = json!({"inputs": [{"name": "pixels", "shape": [rows, 64], "datatype": "FP32", "parameters": {"binary_data_size": rows * 256}}]}).to_string();
+    let mut payload = header.clone().into_bytes();
+    payload.extend(std::iter::repeat_n(0u8, rows * 256));
+    let payload = Bytes::from(payload);
+    let sent = 10;
+    for i in 0..sent {
+        let mut props = request_props("test/busy", format!("{i}").as_bytes());
+        props.user_properties.push(("inference-header-content-length".into(), header.len().to_string()));
+        client.publish(&topic, payload.clone(), props).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut busy = 0;
+    for _ in 0..sent {
+        let reply = client.next().await;
+        let correlation = reply.properties.unwrap().correlation_data.unwrap();
+        assert!(seen.insert(correlation.clone()), "a second reply for {correlation:?}");
+        let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+        match v["code"].as_str() {
+            None => assert_eq!(v["outputs"][0]["shape"], json!([rows, 10])),
+            Some("busy") => busy += 1,
+            Some(other) => panic!("unexpected error {other}: {v}"),
+        }
+    }
+    assert_eq!(seen.len(), sent);
+    assert!(busy > 0, "a queue of one behind one worker must overflow with {sent} large requests");
+    let v = retained(&broker, &format!("edgeinfer/{}/status", daemon.device)).unwrap();
+    assert_eq!(v["state"], "online");
+}

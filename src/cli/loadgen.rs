@@ -138,8 +138,14 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!("mode        {} for {:.1} s", result.mode, result.seconds);
-        println!("sent        {}  answered {}  ({:.1} answers/s)", result.sent, result.answered, result.throughput_per_s);
-        println!("latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms", result.p50_ms, result.p90_ms, result.p99_ms, result.max_ms);
+        println!(
+            "sent        {}  answered {}  ({:.1} answers/s)",
+            result.sent, result.answered, result.throughput_per_s
+        );
+        println!(
+            "latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            result.p50_ms, result.p90_ms, result.p99_ms, result.max_ms
+        );
         println!("outcomes    {:?}", result.outcomes);
     }
     Ok(())

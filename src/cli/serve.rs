@@ -25,8 +25,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("edgeinfer-io").build()?;
-    runtime.block_on(edgeinfer::daemon::serve(config, shutdown_signal()))?;
-    Ok(())
+    let served = runtime.block_on(edgeinfer::daemon::serve(config, shutdown_signal()));
+    // Tasks still blocked on a vanished broker must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(served?)
 }
 
 /// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).

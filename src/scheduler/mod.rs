@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::model::{Model, ModelRepository, PreparedInputs};
 use crate::mqtt::publisher::{Command, Outgoing};
@@ -64,6 +64,8 @@ pub struct Job {
     pub deadline: Option<Instant>,
     /// The request's tracing span (request id, model), entered by the worker.
     pub span: tracing::Span,
+    /// Its share of `requests.max_queued_bytes`, given back when the job is dropped.
+    pub budget: OwnedSemaphorePermit,
 }
 
 enum Task {

@@ -49,13 +49,23 @@ impl Broker {
         Self::launch_new(free_port(), extra_conf)
     }
 
+    /// Starts a broker whose only listener takes `listener_conf` (TLS files, auth) and no anonymous default.
+    pub fn start_tls(listener_conf: &str) -> Broker {
+        Self::launch_conf(free_port(), |port| {
+            format!("per_listener_settings false\nlistener {port} 127.0.0.1\n{listener_conf}set_tcp_nodelay true\npersistence false\n")
+        })
+    }
+
     fn launch_new(port: u16, extra_conf: &str) -> Broker {
+        Self::launch_conf(port, |port| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n{extra_conf}\n")
+        })
+    }
+
+    fn launch_conf(port: u16, conf: impl Fn(u16) -> String) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let mut broker = Broker { port, dir, child: None };
-        let conf = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n{extra_conf}\n",
-            broker.port
-        );
+        let conf = conf(port);
         std::fs::write(broker.dir.path().join("mosquitto.conf"), conf).unwrap();
         broker.launch();
         broker
@@ -113,10 +123,15 @@ impl Daemon {
     /// Starts the daemon on `models` with `extra_toml` appended to a config naming the broker and
     /// a unique device id. Does not wait for it to be ready.
     pub fn spawn(broker_url: &str, models: &Path, extra_toml: &str) -> Daemon {
+        Self::spawn_with_broker_section(broker_url, models, "", extra_toml)
+    }
+
+    /// Like [`Daemon::spawn`], with extra keys in the `[broker]` section (TLS, credentials).
+    pub fn spawn_with_broker_section(broker_url: &str, models: &Path, broker_keys: &str, extra_toml: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let device = format!("test-{}", free_port());
         let config = format!(
-            "[broker]\nurl = \"{broker_url}\"\nreconnect_max_ms = 500\n\n[topics]\ndevice = \"{device}\"\n\n\
+            "[broker]\nurl = \"{broker_url}\"\nreconnect_max_ms = 500\n{broker_keys}\n[topics]\ndevice = \"{device}\"\n\n\
              [models]\nrepository = \"{}\"\n\n{extra_toml}\n",
             models.display()
         );
@@ -141,10 +156,15 @@ impl Daemon {
     }
 
     pub fn wait_online(&self, broker: &Broker) {
+        self.wait_online_with(|topic| retained(broker, topic));
+    }
+
+    /// Waits for `online`, reading the retained status with `read` (for brokers that need TLS or a login).
+    pub fn wait_online_with(&self, read: impl Fn(&str) -> Option<Value>) {
         let topic = format!("edgeinfer/{}/status", self.device);
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = retained(broker, &topic) {
+            if let Some(status) = read(&topic) {
                 if status["state"] == "online" {
                     return;
                 }
