@@ -9,14 +9,13 @@
 //! accepted (within `shutdown_grace_ms`), publish `stopped`, disconnect.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use std::sync::Arc;
-
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -72,7 +71,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         retained.push((topics.metadata(model.name()), metadata));
     }
     let filters = topics.request_filters();
-    let (connected, _) = watch::channel(false);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
     let connection = tokio::spawn(
         Connection {
@@ -80,7 +78,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             client: client.clone(),
             on_connect: OnConnect { filters: filters.clone(), retained },
             requests: inbound_tx,
-            connected,
             backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
             backoff_max: Duration::from_millis(config.broker.reconnect_max_ms),
             broker: config.broker.url.clone(),

@@ -160,13 +160,16 @@ async fn wait_ready(
 ) -> anyhow::Result<u128> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     loop {
-        let reply = requester.request(topic, payload.to_vec(), header_len, Duration::from_millis(200)).await;
+        // A request sent before the server subscribed is lost, so retry often; but pause between
+        // tries so that a server answering errors is not flooded.
+        let reply = requester.request(topic, payload.to_vec(), header_len, Duration::from_millis(50)).await;
         if let Ok(reply) = reply {
             if reply_kind(&reply) == "ok" {
                 return Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
             }
         }
         anyhow::ensure!(Instant::now() < deadline, "no answer from {topic} within {secs} s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -50,7 +50,8 @@ impl ModelRepository {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
-            if !entry.file_type().map_err(unreadable)?.is_dir() {
+            // `Path::is_dir` follows symlinks: a model directory may be a link into a model store.
+            if !entry.path().is_dir() {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -10,7 +10,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// What to (re)establish on every successful connection.
 pub struct OnConnect {
@@ -28,8 +28,6 @@ pub struct Connection {
     /// Incoming request publishes, to the dispatcher. Bounded: a full channel pauses reading from
     /// the broker, which is the backpressure we want.
     pub requests: mpsc::Sender<Publish>,
-    /// `true` while connected; readiness and tests watch it.
-    pub connected: watch::Sender<bool>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub broker: String,
@@ -46,7 +44,6 @@ impl Connection {
                     tracing::info!(broker = %self.broker, "connected to broker");
                     backoff = self.backoff_min;
                     failures_in_a_row = 0;
-                    self.connected.send_replace(true);
                     self.resubscribe();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -65,12 +62,10 @@ impl Connection {
                     tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    self.connected.send_replace(false);
                     break;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.connected.send_replace(false);
                     failures_in_a_row += 1;
                     let undelivered = self.eventloop.pending.len();
                     // The first failure after a good connection is worth a warning; repeats while
