@@ -8,14 +8,15 @@
 //! Shutdown (SIGTERM, Ctrl-C): unsubscribe, refuse new requests, let the workers finish what was
 //! accepted (within `shutdown_grace_ms`), publish `stopped`, disconnect.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -26,6 +27,7 @@ use crate::mqtt::options::{mqtt_options, SetupError};
 use crate::mqtt::publisher::{self, Command, Outgoing};
 use crate::mqtt::{status, Topics};
 use crate::scheduler::{PoolConfig, Scheduler};
+use crate::systemd;
 
 /// Requests read from the broker but not yet dispatched: kept small because each may be as large
 /// as the packet limit; it is also the Receive Maximum the broker is given.
@@ -48,6 +50,7 @@ pub enum ServeError {
 
 /// Runs the daemon until `shutdown` completes, then stops cleanly.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    systemd::status("loading models");
     let (repository, failures) = ModelRepository::load(&config.models.repository)?;
     for failure in &failures {
         tracing::error!("{failure}; the other models still serve");
@@ -72,12 +75,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     let filters = topics.request_filters();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let (connected, connected_rx) = watch::channel(false);
+    let loop_blocked_since = Arc::new(Mutex::new(None));
     let connection = tokio::spawn(
         Connection {
             eventloop,
             client: client.clone(),
             on_connect: OnConnect { filters: filters.clone(), retained },
             requests: inbound_tx,
+            connected,
+            blocked_since: loop_blocked_since.clone(),
             backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
             backoff_max: Duration::from_millis(config.broker.reconnect_max_ms),
             broker: config.broker.url.clone(),
@@ -104,6 +111,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         }
         .run(inbound_rx),
     );
+    let serving = format!("serving {} model(s) as {device} on {}", repository.names().len(), config.broker.url);
+    tokio::spawn(report_connection(connected_rx, serving, config.broker.url.clone()));
+    if let Some(interval) = systemd::watchdog_interval() {
+        let scheduler = scheduler.clone();
+        // A thread of its own: the notify send is a blocking socket call, and the watchdog must
+        // keep judging even when the async runtime is the part that is stuck.
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watchdog(interval, scheduler, loop_blocked_since))
+            .expect("spawning the watchdog thread");
+    }
     tracing::info!(
         device = %device,
         models = ?repository.names(),
@@ -113,6 +131,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     );
 
     shutdown.await;
+    systemd::stopping();
     tracing::info!("stopping: no new requests; finishing accepted ones");
     for filter in filters {
         let _ = client.try_unsubscribe(filter);
@@ -140,4 +159,47 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     publisher.abort();
     Ok(())
+}
+
+/// READY=1 on the first connection (the models are loaded by then), and a status line that says
+/// whether the broker is there, for `systemctl status`.
+async fn report_connection(mut connected: watch::Receiver<bool>, serving: String, broker: String) {
+    systemd::status(&format!("waiting for broker at {broker}"));
+    let mut ready = false;
+    while connected.changed().await.is_ok() {
+        if *connected.borrow_and_update() {
+            if ready {
+                systemd::status(&serving);
+            } else {
+                systemd::ready(&serving);
+                ready = true;
+            }
+        } else {
+            systemd::status(&format!("broker at {broker} lost; reconnecting"));
+        }
+    }
+}
+
+/// Pings the systemd watchdog while the daemon makes progress: the MQTT loop is not stuck handing
+/// a request to the dispatcher, and no model has jobs waiting while its workers finish none. A
+/// wedged daemon stops pinging and systemd restarts it.
+fn watchdog(interval: Duration, scheduler: Scheduler, loop_blocked_since: Arc<Mutex<Option<Instant>>>) {
+    let mut seen = HashMap::new();
+    let mut healthy = true;
+    loop {
+        std::thread::sleep(interval);
+        let loop_stuck =
+            loop_blocked_since.lock().expect("health lock").is_some_and(|since| since.elapsed() > interval);
+        let stalled = scheduler.stalled_models(&mut seen);
+        if !loop_stuck && stalled.is_empty() {
+            systemd::watchdog();
+            if !healthy {
+                tracing::info!("watchdog: making progress again");
+            }
+            healthy = true;
+        } else if healthy {
+            tracing::error!(loop_stuck, stalled = ?stalled, "watchdog: no progress; not pinging systemd");
+            healthy = false;
+        }
+    }
 }

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use edgeinfer::model::{Model, ModelRepository};
+use edgeinfer::model::ModelRepository;
 use serde::Serialize;
-use tract_core::prelude::{TValue, TVec, Tensor};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -74,7 +73,7 @@ fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let started = Instant::now();
     let model = ModelRepository::load_one(&args.models, &args.model)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let inputs = zero_inputs(&model, args.batch)?;
+    let inputs = model.zero_inputs(args.batch)?;
     let phase = Duration::from_secs_f64(args.seconds);
 
     let mut samples = Vec::new();
@@ -116,27 +115,13 @@ fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     })
 }
 
-fn zero_inputs(model: &Model, batch: usize) -> anyhow::Result<TVec<TValue>> {
-    model
-        .metadata()
-        .inputs
-        .iter()
-        .map(|spec| {
-            let shape: Vec<usize> = spec.shape.iter().map(|&d| if d < 0 { batch } else { d as usize }).collect();
-            let dt = spec.datatype.datum_type().expect("models take numeric inputs");
-            Ok(Tensor::zero_dt(dt, &shape)?.into())
-        })
-        .collect()
-}
-
 fn latency(samples: &mut [Duration], elapsed: Duration) -> Latency {
     samples.sort();
-    let pick = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e3;
     Latency {
         runs: samples.len(),
-        p50_ms: pick(0.50),
-        p90_ms: pick(0.90),
-        p99_ms: pick(0.99),
+        p50_ms: super::percentile_ms(samples, 0.50),
+        p90_ms: super::percentile_ms(samples, 0.90),
+        p99_ms: super::percentile_ms(samples, 0.99),
         per_s: samples.len() as f64 / elapsed.as_secs_f64(),
     }
 }

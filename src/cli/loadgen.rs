@@ -227,23 +227,16 @@ async fn drive(
     let elapsed = begin.elapsed().as_secs_f64();
     let mut tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
     tally.latencies.sort();
-    let pick = |q: f64| {
-        if tally.latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((tally.latencies.len() as f64 * q) as usize).min(tally.latencies.len() - 1);
-        tally.latencies[i].as_secs_f64() * 1e3
-    };
     LoadResult {
         mode,
         seconds: elapsed,
         sent,
         answered: tally.latencies.len(),
         throughput_per_s: tally.latencies.len() as f64 / elapsed,
-        p50_ms: pick(0.50),
-        p90_ms: pick(0.90),
-        p99_ms: pick(0.99),
-        max_ms: pick(1.0),
+        p50_ms: super::percentile_ms(&tally.latencies, 0.50),
+        p90_ms: super::percentile_ms(&tally.latencies, 0.90),
+        p99_ms: super::percentile_ms(&tally.latencies, 0.99),
+        max_ms: super::percentile_ms(&tally.latencies, 1.0),
         outcomes: tally.outcomes,
         first_answer_unix_ms: None,
     }

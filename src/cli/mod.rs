@@ -92,3 +92,11 @@ fn models_dir(models: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Resu
         (None, None) => Config::default().models.repository,
     })
 }
+
+/// The `q` quantile of sorted durations, in milliseconds (0 for no samples).
+fn percentile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n => sorted[((n as f64 * q) as usize).min(n - 1)].as_secs_f64() * 1e3,
+    }
+}

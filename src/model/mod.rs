@@ -236,18 +236,22 @@ impl Model {
         Ok(encode_response(self.name(), id, &selected)?)
     }
 
-    fn warm_up(&self) -> TractResult<TVec<TValue>> {
-        let inputs = self
-            .metadata
+    /// Zero-filled inputs of the model's shapes, `batch` standing for the batch dimension: the
+    /// warm-up run and `edgeinfer bench` use them.
+    pub fn zero_inputs(&self, batch: usize) -> TractResult<TVec<TValue>> {
+        self.metadata
             .inputs
             .iter()
             .map(|spec| {
-                let shape: Vec<usize> = spec.shape.iter().map(|&d| d.max(1) as usize).collect();
+                let shape: Vec<usize> = spec.shape.iter().map(|&d| if d < 0 { batch } else { d as usize }).collect();
                 let dt = spec.datatype.datum_type().expect("numeric inputs only");
                 Ok(Tensor::zero_dt(dt, &shape)?.into_tvalue())
             })
-            .collect::<TractResult<_>>()?;
-        self.run(inputs)
+            .collect()
+    }
+
+    fn warm_up(&self) -> TractResult<TVec<TValue>> {
+        self.run(self.zero_inputs(1)?)
     }
 }
 

@@ -4,13 +4,14 @@
 //! rumqttc reconnects by being polled again, immediately and forever, and forgets subscriptions
 //! across connections: the backoff and the resubscription are ours.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What to (re)establish on every successful connection.
 pub struct OnConnect {
@@ -28,6 +29,11 @@ pub struct Connection {
     /// Incoming request publishes, to the dispatcher. Bounded: a full channel pauses reading from
     /// the broker, which is the backpressure we want.
     pub requests: mpsc::Sender<Publish>,
+    /// `true` while connected: readiness and the systemd status follow it.
+    pub connected: watch::Sender<bool>,
+    /// When the loop began waiting for the dispatcher, if it is waiting: the watchdog's view of
+    /// whether the loop makes progress (awaiting `poll` is progress; rumqttc keeps the link alive).
+    pub blocked_since: Arc<Mutex<Option<Instant>>>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub broker: String,
@@ -44,10 +50,14 @@ impl Connection {
                     tracing::info!(broker = %self.broker, "connected to broker");
                     backoff = self.backoff_min;
                     failures_in_a_row = 0;
+                    self.connected.send_replace(true);
                     self.resubscribe();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if self.requests.send(publish).await.is_err() {
+                    *self.blocked_since.lock().expect("health lock") = Some(Instant::now());
+                    let sent = self.requests.send(publish).await;
+                    *self.blocked_since.lock().expect("health lock") = None;
+                    if sent.is_err() {
                         tracing::debug!("request dropped: dispatcher has stopped");
                     }
                 }
@@ -62,10 +72,12 @@ impl Connection {
                     tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    self.connected.send_replace(false);
                     break;
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    self.connected.send_replace(false);
                     failures_in_a_row += 1;
                     let undelivered = self.eventloop.pending.len();
                     // The first failure after a good connection is worth a warning; repeats while

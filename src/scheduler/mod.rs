@@ -8,6 +8,7 @@
 mod worker;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,6 +69,12 @@ pub struct Job {
     pub budget: OwnedSemaphorePermit,
 }
 
+struct ModelProgress {
+    name: String,
+    queue: crossbeam_channel::Receiver<Task>,
+    finished: Arc<AtomicU64>,
+}
+
 enum Task {
     Run(Box<Job>),
     Stop,
@@ -101,6 +108,8 @@ struct Inner {
     workers: std::sync::Mutex<Vec<(String, JoinHandle<()>)>>,
     /// Set at shutdown: jobs still queued after this instant are answered `shutting_down`.
     drain_until: OnceLock<Instant>,
+    /// Per model: its queue (to see what waits) and how many jobs its workers finished.
+    progress: std::sync::Mutex<Vec<ModelProgress>>,
     replies: mpsc::Sender<Command>,
 }
 
@@ -111,14 +120,27 @@ impl Scheduler {
             queues: RwLock::new(Some(HashMap::new())),
             workers: Default::default(),
             drain_until: OnceLock::new(),
+            progress: Default::default(),
             replies,
         });
         let mut queues = HashMap::new();
         let mut workers = Vec::new();
+        let mut progress = Vec::new();
         for model in repository.models() {
             let (tx, rx) = crossbeam_channel::bounded(pool.queue_capacity);
+            let finished = Arc::new(AtomicU64::new(0));
+            progress.push(ModelProgress {
+                name: model.name().to_string(),
+                queue: rx.clone(),
+                finished: finished.clone(),
+            });
             for index in 0..pool.workers_per_model {
-                let worker = worker::Worker { model: model.clone(), jobs: rx.clone(), inner: inner.clone() };
+                let worker = worker::Worker {
+                    model: model.clone(),
+                    jobs: rx.clone(),
+                    inner: inner.clone(),
+                    finished: finished.clone(),
+                };
                 let handle = std::thread::Builder::new()
                     .name(format!("infer-{}-{index}", model.name()))
                     .spawn(move || worker.run())
@@ -129,6 +151,7 @@ impl Scheduler {
         }
         *inner.queues.write().expect("queue lock") = Some(queues);
         *inner.workers.lock().expect("worker lock") = workers;
+        *inner.progress.lock().expect("progress lock") = progress;
         Scheduler { inner }
     }
 
@@ -144,6 +167,21 @@ impl Scheduler {
             Err(TrySendError::Disconnected(Task::Run(job))) => Err(Rejected::ShuttingDown(job)),
             Err(_) => unreachable!("only Run tasks are submitted"),
         }
+    }
+
+    /// Models whose queue holds jobs although their workers finished none since the previous
+    /// call: stuck, as far as the watchdog is concerned. `seen` carries the counts between calls.
+    pub fn stalled_models(&self, seen: &mut HashMap<String, u64>) -> Vec<String> {
+        let progress = self.inner.progress.lock().expect("progress lock");
+        let mut stalled = Vec::new();
+        for model in progress.iter() {
+            let finished = model.finished.load(Ordering::Relaxed);
+            let before = seen.insert(model.name.clone(), finished);
+            if !model.queue.is_empty() && before == Some(finished) {
+                stalled.push(model.name.clone());
+            }
+        }
+        stalled
     }
 
     /// Stops taking jobs, lets the workers finish what is queued (computing until `grace` has

@@ -1,5 +1,6 @@
 //! One inference thread: take a job, run it unless its time is up, send the reply.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,8 @@ pub(super) struct Worker {
     pub model: Arc<Model>,
     pub jobs: Receiver<Task>,
     pub inner: Arc<Inner>,
+    /// Counts finished jobs, for the watchdog.
+    pub finished: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -23,6 +26,7 @@ impl Worker {
             if self.inner.replies.blocking_send(reply).is_err() {
                 tracing::error!(model = %self.model.name(), "reply lost: the publisher has stopped");
             }
+            self.finished.fetch_add(1, Ordering::Relaxed);
         }
     }
 

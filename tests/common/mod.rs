@@ -87,6 +87,10 @@ impl Broker {
         });
     }
 
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -126,8 +130,17 @@ impl Daemon {
         Self::spawn_with_broker_section(broker_url, models, "", extra_toml)
     }
 
+    /// Like [`Daemon::spawn`], with extra environment variables (systemd's NOTIFY_SOCKET, ...).
+    pub fn spawn_with_env(broker_url: &str, models: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::launch(broker_url, models, "", extra_toml, env)
+    }
+
     /// Like [`Daemon::spawn`], with extra keys in the `[broker]` section (TLS, credentials).
     pub fn spawn_with_broker_section(broker_url: &str, models: &Path, broker_keys: &str, extra_toml: &str) -> Daemon {
+        Self::launch(broker_url, models, broker_keys, extra_toml, &[])
+    }
+
+    fn launch(broker_url: &str, models: &Path, broker_keys: &str, extra_toml: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let device = format!("test-{}", free_port());
         let config = format!(
@@ -141,6 +154,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(dir.path().join("edgeinfer.toml"))
             .env("RUST_LOG", "info,edgeinfer=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

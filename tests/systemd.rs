@@ -1,0 +1,192 @@
+//! The systemd notify protocol for real: the test owns a NOTIFY_SOCKET datagram socket, starts the
+//! daemon with it (and WATCHDOG_USEC), and reads what arrives.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// The service manager's end: a datagram socket read continuously, as systemd does (a socket
+/// left unread would fill and make the daemon's sends block).
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    received: std::sync::mpsc::Receiver<String>,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let (tx, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    if tx.send(line.to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        NotifySocket { _dir: dir, path, received }
+    }
+
+    /// Every line received within `within`.
+    fn drain(&self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.received.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines
+    }
+
+    /// Forgets what arrived so far.
+    fn clear(&self) {
+        while self.received.try_recv().is_ok() {}
+    }
+
+    /// Reads until a line equal to `wanted` arrives; returns everything read.
+    fn until(&self, wanted: &str) -> Vec<String> {
+        self.until_prefix(wanted)
+    }
+
+    /// Reads until a line starting with `wanted` arrives; returns everything read.
+    fn until_prefix(&self, wanted: &str) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines: Vec<String> = Vec::new();
+        while !lines.iter().any(|l| l.starts_with(wanted)) {
+            assert!(Instant::now() < deadline, "no {wanted} in {lines:?}");
+            lines.extend(self.drain(Duration::from_millis(100)));
+        }
+        lines
+    }
+}
+
+fn spawn_notifying(broker_url: &str, notify: &NotifySocket, watchdog_usec: u64, extra_toml: &str) -> Daemon {
+    Daemon::spawn_with_env(
+        broker_url,
+        &shipped_models(),
+        extra_toml,
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap()), ("WATCHDOG_USEC", &watchdog_usec.to_string())],
+    )
+}
+
+#[test]
+fn ready_only_once_the_broker_is_there_then_watchdog_pings_and_stopping_on_sigterm() {
+    let notify = NotifySocket::new();
+    let port = free_port();
+    let mut daemon = spawn_notifying(&format!("mqtt://127.0.0.1:{port}"), &notify, 400_000, "");
+
+    let before_broker = notify.drain(Duration::from_millis(1500));
+    assert!(before_broker.contains(&"STATUS=loading models".to_string()), "{before_broker:?}");
+    assert!(
+        before_broker.iter().any(|l| l.starts_with("STATUS=waiting for broker at mqtt://127.0.0.1")),
+        "{before_broker:?}"
+    );
+    assert!(!before_broker.contains(&"READY=1".to_string()), "READY before the broker: {before_broker:?}");
+
+    let broker = Broker::start_on(port);
+    let lines = notify.until("READY=1");
+    assert!(lines.iter().any(|l| l.starts_with("STATUS=serving 1 model(s)")), "{lines:?}");
+    let pings = notify.drain(Duration::from_secs(1)).iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!(pings >= 3, "an idle, healthy daemon pings every 200 ms: {pings} in 1 s");
+
+    let status = daemon.terminate();
+    assert!(status.success());
+    let last = notify.drain(Duration::from_millis(300));
+    assert!(last.contains(&"STOPPING=1".to_string()), "{last:?}");
+    drop(broker);
+}
+
+#[test]
+fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
+    let notify = NotifySocket::new();
+    let broker = Broker::start();
+    // One worker, 20 ms watchdog: a queue of large batches keeps it busy for many watchdog periods.
+    let daemon = spawn_notifying(
+        &broker.url(),
+        &notify,
+        20_000,
+        "[requests]\nworkers = 1\nmax_payload_bytes = 67108864\nmax_queued_bytes = 268435456\n",
+    );
+    daemon.wait_online(&broker);
+    notify.until("READY=1");
+
+    let rows = 200_000;
+    let header = json!({"inputs": [{"name": "pixels", "shape": [rows, 64], "datatype": "FP32", "parameters": {"binary_data_size": rows * 256}}]}).to_string();
+    let file = daemon.dir.path().join("big.bin");
+    let mut payload = header.clone().into_bytes();
+    payload.extend(std::iter::repeat_n(0u8, rows * 256));
+    std::fs::write(&file, payload).unwrap();
+    for _ in 0..3 {
+        let status = Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &broker.port.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-V",
+                "mqttv5",
+                "-t",
+                &daemon.infer_topic("digits"),
+            ])
+            .args(["-D", "publish", "user-property", "inference-header-content-length", &header.len().to_string()])
+            .arg("-f")
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while !daemon.log().contains("watchdog: no progress") {
+        assert!(Instant::now() < deadline, "no stall reported:\n{}\nbroker:\n{}", daemon.log(), broker.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    notify.clear();
+    let pings = notify.drain(Duration::from_millis(300)).iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!(pings <= 2, "{pings} pings in 300 ms while stalled; a healthy daemon sends ~30");
+    wait_until("the watchdog recovers once the work is done", || {
+        daemon.log().contains("watchdog: making progress again")
+    });
+    let log = daemon.log();
+    assert!(log.contains("stalled=[\"digits\"]"), "{log}");
+}
+
+/// The shipped unit, pointed at the built binary, verifies clean and scores <= 2.0 in
+/// `systemd-analyze security` (lower is better).
+#[test]
+fn the_unit_file_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(repo_root().join("systemd/edgeinfer.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edgeinfer.service");
+    std::fs::write(&path, unit.replace("/usr/bin/edgeinfer", env!("CARGO_BIN_EXE_edgeinfer"))).unwrap();
+
+    let verify =
+        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");
+
+    let security = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for edgeinfer.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in:\n{text}"));
+    println!("systemd-analyze security exposure: {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+    for directive in ["Type=notify", "WatchdogSec=", "NoNewPrivileges=yes", "ProtectSystem=strict", "User=edgeinfer"] {
+        assert!(unit.contains(directive), "{directive} missing from the unit");
+    }
+}
