@@ -108,7 +108,8 @@ impl Dispatcher {
             return refuse(&identity, ErrorCode::Busy, &message);
         };
         let expiry = props.message_expiry_interval.map(|s| Duration::from_secs(s.into()));
-        let timeout = [expiry, request.timeout, self.default_timeout].into_iter().flatten().min();
+        let model_default = model.serving().default_timeout_ms.map(Duration::from_millis).or(self.default_timeout);
+        let timeout = [expiry, request.timeout, model_default].into_iter().flatten().min();
         let job = Job {
             model: model.clone(),
             id: identity.id.clone(),

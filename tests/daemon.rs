@@ -457,8 +457,15 @@ async fn an_expired_request_is_answered_deadline_exceeded_without_computing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_busy_at_once_and_every_request_gets_exactly_one_reply() {
+    // The model's own [serving] section sets one worker and a queue of one; the daemon's defaults
+    // (a worker per core, 64 queued) would not overflow.
+    let models = models_dir_with(&["digits"]);
+    let manifest = models.path().join("digits/model.toml");
+    let toml = std::fs::read_to_string(&manifest).unwrap() + "\n[serving]\nworkers = 1\nqueue_capacity = 1\n";
+    std::fs::write(&manifest, toml).unwrap();
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "[requests]\nworkers = 1\nqueue_capacity = 1\n");
+    let daemon = Daemon::start(&broker, models.path(), "");
+    assert!(daemon.log().contains("model=digits workers=1 queue_capacity=1"), "{}", daemon.log());
     let mut client = V5Client::connect(&broker, &["test/busy"]).await;
     let topic = daemon.infer_topic("digits");
     let rows = 20_000;

@@ -23,6 +23,22 @@ pub struct ModelManifest {
     /// Output declarations, checked against the model at load time.
     #[serde(default)]
     pub outputs: Vec<TensorDecl>,
+    /// How this model is served, where it differs from the daemon's `[requests]` settings.
+    #[serde(default)]
+    pub serving: ServingDecl,
+}
+
+/// Per-model serving settings (like Triton's instance count and queue policy); unset keys follow
+/// the daemon's config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingDecl {
+    /// Inference threads for this model (`requests.workers` otherwise).
+    pub workers: Option<usize>,
+    /// Requests that may wait for this model (`requests.queue_capacity` otherwise).
+    pub queue_capacity: Option<usize>,
+    /// Deadline for this model's requests that carry none (`requests.default_timeout_ms` otherwise).
+    pub default_timeout_ms: Option<u64>,
 }
 
 /// One tensor as declared in `model.toml`.
@@ -81,6 +97,12 @@ impl ModelManifest {
                 }
             }
         }
+        if self.serving.workers.is_some_and(|w| w == 0 || w > 256) {
+            return Err(invalid("serving.workers".into(), "must be between 1 and 256".into()));
+        }
+        if self.serving.queue_capacity == Some(0) {
+            return Err(invalid("serving.queue_capacity".into(), "must be at least 1".into()));
+        }
         if let Some(labels) = &self.labels {
             if labels.is_absolute() || labels.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
                 return Err(invalid(
@@ -127,6 +149,16 @@ mod tests {
         .unwrap();
         assert_eq!(m.inputs[0].shape, vec![-1, 64]);
         assert_eq!(m.inputs[0].datatype, DataType::Fp32);
+    }
+
+    #[test]
+    fn serving_settings_parse_and_are_checked() {
+        let m = parse("[serving]\nworkers = 1\nqueue_capacity = 8\ndefault_timeout_ms = 250").unwrap().unwrap();
+        assert_eq!(m.serving, ServingDecl { workers: Some(1), queue_capacity: Some(8), default_timeout_ms: Some(250) });
+        let err = parse("[serving]\nworkers = 0").unwrap_err();
+        assert!(err.to_string().contains("serving.workers"), "{err}");
+        let err = parse("[serving]\ninstances = 2").unwrap_err();
+        assert!(err.to_string().contains("instances"), "{err}");
     }
 
     #[test]

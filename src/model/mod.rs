@@ -19,7 +19,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::protocol::{
     encode_response, DataType, EncodedReply, InferRequest, ModelMetadata, OutputTensor, TensorMetadata,
 };
-pub use manifest::ModelManifest;
+pub use manifest::{ModelManifest, ServingDecl};
 pub use repository::ModelRepository;
 
 /// Name of the batch symbol given to a `-1` leading dimension.
@@ -28,6 +28,7 @@ const BATCH_SYMBOL: &str = "N";
 /// A model ready to serve. Cheap to share: workers hold an `Arc<Model>` and run the same plan.
 pub struct Model {
     metadata: ModelMetadata,
+    serving: ServingDecl,
     plan: Arc<TypedRunnableModel>,
 }
 
@@ -135,6 +136,7 @@ impl Model {
                 description: manifest.description.clone(),
                 labels,
             },
+            serving: manifest.serving.clone(),
             plan,
         };
         model.warm_up().map_err(tract("run the model on zeros"))?;
@@ -147,6 +149,11 @@ impl Model {
 
     pub fn metadata(&self) -> &ModelMetadata {
         &self.metadata
+    }
+
+    /// The model's own serving settings from `model.toml` (workers, queue, default deadline).
+    pub fn serving(&self) -> &ServingDecl {
+        &self.serving
     }
 
     /// Checks a decoded request against the model's contract and puts its inputs in model order.

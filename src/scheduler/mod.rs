@@ -88,7 +88,7 @@ pub enum Rejected {
     ShuttingDown(Box<Job>),
 }
 
-/// Sizing for the worker pools.
+/// Default sizing for the worker pools; a model's `[serving]` section overrides it.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolConfig {
     pub workers_per_model: usize,
@@ -127,14 +127,17 @@ impl Scheduler {
         let mut workers = Vec::new();
         let mut progress = Vec::new();
         for model in repository.models() {
-            let (tx, rx) = crossbeam_channel::bounded(pool.queue_capacity);
+            let queue_capacity = model.serving().queue_capacity.unwrap_or(pool.queue_capacity);
+            let worker_count = model.serving().workers.unwrap_or(pool.workers_per_model);
+            tracing::info!(model = %model.name(), workers = worker_count, queue_capacity, "starting inference threads");
+            let (tx, rx) = crossbeam_channel::bounded(queue_capacity);
             let finished = Arc::new(AtomicU64::new(0));
             progress.push(ModelProgress {
                 name: model.name().to_string(),
                 queue: rx.clone(),
                 finished: finished.clone(),
             });
-            for index in 0..pool.workers_per_model {
+            for index in 0..worker_count {
                 let worker = worker::Worker {
                     model: model.clone(),
                     jobs: rx.clone(),
