@@ -150,10 +150,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         qos: QoS::AtLeastOnce,
         retain: true,
     };
-    let _ = replies.send(Command::Publish(stopped)).await;
-    let _ = replies.send(Command::Disconnect).await;
-    drop(replies);
-    match tokio::time::timeout(DISCONNECT_TIMEOUT, connection).await {
+    // Bounded: with the broker gone the reply channel may be full and never drain.
+    let goodbye = async {
+        let _ = replies.send(Command::Publish(stopped)).await;
+        let _ = replies.send(Command::Disconnect).await;
+        drop(replies);
+        connection.await
+    };
+    match tokio::time::timeout(DISCONNECT_TIMEOUT, goodbye).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!("broker did not take the final status in time; stopping anyway"),
     }

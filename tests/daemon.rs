@@ -497,3 +497,14 @@ async fn a_full_queue_answers_busy_at_once_and_every_request_gets_exactly_one_re
     let v = retained(&broker, &format!("edgeinfer/{}/status", daemon.device)).unwrap();
     assert_eq!(v["state"], "online");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_gone_still_exits_zero() {
+    let mut broker = Broker::start();
+    let mut daemon = Daemon::start(&broker, &shipped_models(), "");
+    broker.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status:?}; log:\n{}", daemon.log());
+    assert!(daemon.log().contains("stopping anyway"), "{}", daemon.log());
+}
