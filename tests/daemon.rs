@@ -259,15 +259,7 @@ async fn mosquitto_clients_get_json_and_binary_answers() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", &topic, "-V", "mqttv5"])
-        .args(["-D", "publish", "response-topic", "pub/bin"])
-        .args(["-D", "publish", "user-property", "inference-header-content-length", &header.len().to_string()])
-        .arg("-f")
-        .arg(&file)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    mosquitto_pub_binary(&broker, &topic, &file, header.len(), Some("pub/bin"));
     let out = sub.wait_with_output().unwrap();
     assert!(out.status.success(), "no binary reply within 10 s");
     let mut stream = serde_json::Deserializer::from_slice(&out.stdout).into_iter::<Value>();

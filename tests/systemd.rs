@@ -129,23 +129,7 @@ fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
     payload.extend(std::iter::repeat_n(0u8, rows * 256));
     std::fs::write(&file, payload).unwrap();
     for _ in 0..3 {
-        let status = Command::new("mosquitto_pub")
-            .args([
-                "-p",
-                &broker.port.to_string(),
-                "-h",
-                "127.0.0.1",
-                "-V",
-                "mqttv5",
-                "-t",
-                &daemon.infer_topic("digits"),
-            ])
-            .args(["-D", "publish", "user-property", "inference-header-content-length", &header.len().to_string()])
-            .arg("-f")
-            .arg(&file)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        mosquitto_pub_binary(&broker, &daemon.infer_topic("digits"), &file, header.len(), None);
     }
     let deadline = Instant::now() + PATIENCE;
     while !daemon.log().contains("watchdog: no progress") {

@@ -10,10 +10,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use edgeinfer::client::{ClientError, Reply, Requester};
-use edgeinfer::mqtt::topics::FLEET;
-use edgeinfer::mqtt::Topics;
-use edgeinfer::protocol::decode_request;
-use edgeinfer::protocol::request::encode_binary_request;
 use serde::Serialize;
 
 use super::ConfigArgs;
@@ -110,15 +106,8 @@ fn reply_kind(reply: &Reply) -> String {
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let config = args.config.load(None)?;
     let json = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let request = decode_request(&json, None).map_err(|f| anyhow::anyhow!(f.error))?;
-    let (payload, header_len) = if args.binary {
-        let (p, len) = encode_binary_request(&request);
-        (p, Some(len))
-    } else {
-        (json, None)
-    };
-    let target = if args.fleet { FLEET } else { config.device() };
-    let topic = Topics::from_config(&config).infer(target, &args.model);
+    let (payload, header_len) = super::request_payload(json, args.binary)?;
+    let topic = super::request_topic(&config, &args.model, args.fleet);
     let timeout = Duration::from_millis(args.timeout_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {

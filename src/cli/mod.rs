@@ -100,3 +100,20 @@ fn percentile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
         n => sorted[((n as f64 * q) as usize).min(n - 1)].as_secs_f64() * 1e3,
     }
 }
+
+/// A request payload from an OIP JSON file: as it is, or re-encoded in the binary tensor extension
+/// (with its header length).
+fn request_payload(json: Vec<u8>, binary: bool) -> anyhow::Result<(Vec<u8>, Option<usize>)> {
+    if !binary {
+        return Ok((json, None));
+    }
+    let request = edgeinfer::protocol::decode_request(&json, None).map_err(|f| anyhow::anyhow!(f.error))?;
+    let (payload, header_len) = edgeinfer::protocol::request::encode_binary_request(&request);
+    Ok((payload, Some(header_len)))
+}
+
+/// The request topic for `model` on the configured device, or on the whole fleet.
+fn request_topic(config: &Config, model: &str, fleet: bool) -> String {
+    let target = if fleet { edgeinfer::mqtt::topics::FLEET } else { config.device() };
+    edgeinfer::mqtt::Topics::from_config(config).infer(target, model)
+}

@@ -7,10 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use edgeinfer::client::Requester;
-use edgeinfer::mqtt::topics::FLEET;
-use edgeinfer::mqtt::Topics;
-use edgeinfer::protocol::request::encode_binary_request;
-use edgeinfer::protocol::{decode_reply, decode_request};
+use edgeinfer::protocol::decode_reply;
 
 use super::ConfigArgs;
 
@@ -44,15 +41,8 @@ pub fn run(args: RequestArgs) -> anyhow::Result<()> {
             bytes
         }
     };
-    let (payload, header_len) = if args.binary {
-        let request = decode_request(&json, None).map_err(|f| anyhow::anyhow!(f.error))?;
-        let (payload, len) = encode_binary_request(&request);
-        (payload, Some(len))
-    } else {
-        (json, None)
-    };
-    let target = if args.fleet { FLEET } else { config.device() };
-    let topic = Topics::from_config(&config).infer(target, &args.model);
+    let (payload, header_len) = super::request_payload(json, args.binary)?;
+    let topic = super::request_topic(&config, &args.model, args.fleet);
     let timeout = Duration::from_millis(args.timeout_ms);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let reply = runtime.block_on(async {

@@ -368,3 +368,22 @@ pub fn digits_request(id: &str, pixels: &[f32]) -> String {
     })
     .to_string()
 }
+
+/// Publishes a binary-extension request file with `mosquitto_pub` over MQTT v5, its JSON header
+/// length in the `inference-header-content-length` user property.
+pub fn mosquitto_pub_binary(
+    broker: &Broker,
+    topic: &str,
+    file: &Path,
+    header_len: usize,
+    response_topic: Option<&str>,
+) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", topic, "-V", "mqttv5"]);
+    if let Some(reply) = response_topic {
+        cmd.args(["-D", "publish", "response-topic", reply]);
+    }
+    cmd.args(["-D", "publish", "user-property", "inference-header-content-length", &header_len.to_string()]);
+    let status = cmd.arg("-f").arg(file).status().expect("mosquitto_pub");
+    assert!(status.success(), "mosquitto_pub failed");
+}
