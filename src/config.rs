@@ -150,7 +150,7 @@ impl Config {
             self.topics.device = Some(sanitize_topic_level(&host));
         }
         if self.broker.client_id.is_none() {
-            self.broker.client_id = Some(format!("edgeinfer-{}", self.device()));
+            self.broker.client_id = Some(self.client_id());
         }
         self.validate()?;
         Ok(self)
@@ -159,6 +159,11 @@ impl Config {
     /// This board's id in topics (after [`Config::finalize`]).
     pub fn device(&self) -> &str {
         self.topics.device.as_deref().unwrap_or("edgeinfer")
+    }
+
+    /// The MQTT client id: `broker.client_id`, else `edgeinfer-<device>`.
+    pub fn client_id(&self) -> String {
+        self.broker.client_id.clone().unwrap_or_else(|| format!("edgeinfer-{}", self.device()))
     }
 
     /// The broker password, from the config or from `password_file`.

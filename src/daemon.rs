@@ -60,8 +60,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     let topics = Topics::from_config(&config);
     let device = config.device().to_string();
-    let client_id = config.broker.client_id.clone().unwrap_or_else(|| format!("edgeinfer-{device}"));
-    let mut options = mqtt_options(&config, &client_id)?;
+    let mut options = mqtt_options(&config, &config.client_id())?;
     // MQTT's own flow control: the broker sends at most this many unacknowledged QoS 1 requests.
     options.set_manual_acks(true);
     options.set_receive_maximum(Some(INBOUND_CAPACITY as u16));
