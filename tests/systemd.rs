@@ -15,7 +15,7 @@ use serde_json::json;
 struct NotifySocket {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
-    received: std::sync::mpsc::Receiver<String>,
+    received: std::sync::mpsc::Receiver<(Instant, String)>,
 }
 
 impl NotifySocket {
@@ -28,7 +28,7 @@ impl NotifySocket {
             let mut buf = [0u8; 4096];
             while let Ok(n) = socket.recv(&mut buf) {
                 for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                    if tx.send(line.to_string()).is_err() {
+                    if tx.send((Instant::now(), line.to_string())).is_err() {
                         return;
                     }
                 }
@@ -39,6 +39,11 @@ impl NotifySocket {
 
     /// Every line received within `within`.
     fn drain(&self, within: Duration) -> Vec<String> {
+        self.drain_timed(within).into_iter().map(|(_, line)| line).collect()
+    }
+
+    /// Every line received within `within`, with the time it arrived.
+    fn drain_timed(&self, within: Duration) -> Vec<(Instant, String)> {
         let deadline = Instant::now() + within;
         let mut lines = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -128,19 +133,30 @@ fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
     let mut payload = header.clone().into_bytes();
     payload.extend(std::iter::repeat_n(0u8, rows * 256));
     std::fs::write(&file, payload).unwrap();
-    for _ in 0..3 {
+    notify.clear();
+    for _ in 0..4 {
         mosquitto_pub_binary(&broker, &daemon.infer_topic("digits"), &file, header.len(), None);
     }
+    // Every ping from the first request until the daemon says it is making progress again.
     let deadline = Instant::now() + PATIENCE;
-    while !daemon.log().contains("watchdog: no progress") {
-        assert!(Instant::now() < deadline, "no stall reported:\n{}\nbroker:\n{}", daemon.log(), broker.log());
-        std::thread::sleep(Duration::from_millis(50));
+    let mut pings = Vec::new();
+    loop {
+        let lines = notify.drain_timed(Duration::from_millis(100));
+        pings.extend(lines.into_iter().filter(|(_, l)| l == "WATCHDOG=1").map(|(at, _)| at));
+        if daemon.log().contains("watchdog: making progress again") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stall and recovery:\n{}\nbroker:\n{}", daemon.log(), broker.log());
     }
-    notify.clear();
-    let pings = notify.drain(Duration::from_millis(300)).iter().filter(|l| *l == "WATCHDOG=1").count();
-    assert!(pings <= 2, "{pings} pings in 300 ms while stalled; a healthy daemon sends ~30");
-    wait_until("the watchdog recovers once the work is done", || {
-        daemon.log().contains("watchdog: making progress again")
+    // A healthy daemon pings every 10 ms; a stalled one withholds pings for as long as a job of
+    // 200,000 rows keeps the queue waiting (hundreds of ms in a test build).
+    let longest_gap = pings.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap_or_default();
+    assert!(
+        longest_gap >= Duration::from_millis(100),
+        "pings never stopped for 10 periods: longest gap {longest_gap:?}"
+    );
+    wait_until("pings resume once the work is done", || {
+        notify.drain(Duration::from_millis(300)).iter().filter(|l| *l == "WATCHDOG=1").count() >= 5
     });
     let log = daemon.log();
     assert!(log.contains("stalled=[\"digits\"]"), "{log}");
