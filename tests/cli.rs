@@ -136,3 +136,15 @@ fn a_typo_in_the_config_fails_at_start_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("queue_capacty"));
 }
+
+#[test]
+fn batching_a_model_without_a_batch_dimension_fails_at_load_naming_the_key() {
+    let models = models_dir_with(&["digits"]);
+    let manifest = models.path().join("digits/model.toml");
+    let toml = std::fs::read_to_string(&manifest).unwrap().replace("shape = [-1, 64]", "shape = [1, 64]");
+    std::fs::write(&manifest, format!("{toml}\n[serving]\nmax_batch_size = 8\n")).unwrap();
+    let out = edgeinfer(&["models", "--models", models.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("serving.max_batch_size needs a batch dimension"), "{stderr}");
+    assert!(stderr.contains("input \"pixels\" has shape [1, 64]"), "{stderr}");
+}

@@ -500,3 +500,67 @@ async fn sigterm_with_the_broker_gone_still_exits_zero() {
     assert!(status.success(), "exit status {status:?}; log:\n{}", daemon.log());
     assert!(daemon.log().contains("stopping anyway"), "{}", daemon.log());
 }
+
+/// Dynamic batching: requests of 1 to 4 rows, all in flight at once to one worker that batches
+/// up to 16 rows. Every reply holds exactly its own rows, equal to onnxruntime's, and batches of
+/// more than one request did run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_requests_each_get_their_own_rows_equal_to_onnxruntime() {
+    let models = models_dir_with(&["digits"]);
+    let manifest = models.path().join("digits/model.toml");
+    let mut toml = std::fs::read_to_string(&manifest).unwrap();
+    toml.push_str("\n[serving]\nworkers = 1\nqueue_capacity = 512\nmax_batch_size = 16\nmax_queue_delay_us = 2000\n");
+    std::fs::write(&manifest, toml).unwrap();
+    let broker = Broker::start();
+    let daemon = Daemon::start(&broker, models.path(), "");
+    let golden = digits_golden();
+    let requester = std::sync::Arc::new(Requester::connect(&requester_config(&broker), PATIENCE).await.unwrap());
+    let topic = daemon.infer_topic("digits");
+
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < golden.inputs.len() {
+        let rows = (chunks.len() % 4 + 1).min(golden.inputs.len() - start);
+        chunks.push(start..start + rows);
+        start += rows;
+    }
+    let request_count = chunks.len();
+    let mut requests = tokio::task::JoinSet::new();
+    for rows in chunks {
+        let pixels: Vec<f32> = golden.inputs[rows.clone()].iter().flatten().copied().collect();
+        let payload = json!({
+            "id": format!("rows-{}-{}", rows.start, rows.end),
+            "inputs": [{"name": "pixels", "shape": [rows.len(), 64], "datatype": "FP32", "data": pixels}],
+            "outputs": [{"name": "probabilities"}]
+        });
+        let (requester, topic) = (requester.clone(), topic.clone());
+        requests.spawn(async move {
+            let reply = requester.request(&topic, payload.to_string().into_bytes(), None, PATIENCE).await.unwrap();
+            (rows, serde_json::from_slice::<Value>(&reply.payload).unwrap())
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = requests.join_next().await {
+        let (rows, reply) = done.unwrap();
+        assert_eq!(reply["id"], format!("rows-{}-{}", rows.start, rows.end), "{reply}");
+        assert_eq!(reply["outputs"][0]["shape"], json!([rows.len(), 10]), "{reply}");
+        let got = output_data(&reply, "probabilities");
+        for (row, sample) in rows.clone().enumerate() {
+            let own = &got[row * 10..row * 10 + 10];
+            assert_eq!(argmax(own), argmax(&golden.probabilities[sample]), "sample {sample}");
+            for (g, e) in own.iter().zip(&golden.probabilities[sample]) {
+                assert!((g - e).abs() <= 1e-5, "sample {sample} in a batch: {g} vs onnxruntime {e}");
+            }
+        }
+        answered += rows.len();
+    }
+    assert_eq!(answered, golden.inputs.len());
+    let log = daemon.log();
+    let sizes: Vec<usize> = log
+        .lines()
+        .filter(|l| l.contains("answered"))
+        .filter_map(|l| l.split("batch=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(sizes.len(), request_count, "one answered line per request:\n{log}");
+    assert!(sizes.iter().any(|&s| s > 1), "no request ran in a batch of more than one: {sizes:?}");
+}

@@ -39,6 +39,12 @@ pub struct ServingDecl {
     pub queue_capacity: Option<usize>,
     /// Deadline for this model's requests that carry none (`requests.default_timeout_ms` otherwise).
     pub default_timeout_ms: Option<u64>,
+    /// Dynamic batching: a worker runs queued requests together, up to this many rows in all.
+    /// Unset or 1: off. Pays where one run of N rows costs much less than N runs (see bench/).
+    pub max_batch_size: Option<usize>,
+    /// How long a worker holding a partial batch waits for more requests (microseconds, default 0:
+    /// it takes only what is already queued, so a lone request is never delayed).
+    pub max_queue_delay_us: Option<u64>,
 }
 
 /// One tensor as declared in `model.toml`.
@@ -100,6 +106,15 @@ impl ModelManifest {
         if self.serving.workers.is_some_and(|w| w == 0 || w > 256) {
             return Err(invalid("serving.workers".into(), "must be between 1 and 256".into()));
         }
+        if self.serving.max_batch_size.is_some_and(|b| b == 0 || b > 65536) {
+            return Err(invalid("serving.max_batch_size".into(), "must be between 1 and 65536".into()));
+        }
+        if self.serving.max_queue_delay_us.is_some_and(|d| d > 1_000_000) {
+            return Err(invalid(
+                "serving.max_queue_delay_us".into(),
+                "must be at most 1000000 (1 s); a batch that waits longer than that helps nobody".into(),
+            ));
+        }
         if self.serving.queue_capacity == Some(0) {
             return Err(invalid("serving.queue_capacity".into(), "must be at least 1".into()));
         }
@@ -154,9 +169,22 @@ mod tests {
     #[test]
     fn serving_settings_parse_and_are_checked() {
         let m = parse("[serving]\nworkers = 1\nqueue_capacity = 8\ndefault_timeout_ms = 250").unwrap().unwrap();
-        assert_eq!(m.serving, ServingDecl { workers: Some(1), queue_capacity: Some(8), default_timeout_ms: Some(250) });
+        assert_eq!(
+            m.serving,
+            ServingDecl {
+                workers: Some(1),
+                queue_capacity: Some(8),
+                default_timeout_ms: Some(250),
+                max_batch_size: None,
+                max_queue_delay_us: None
+            }
+        );
         let err = parse("[serving]\nworkers = 0").unwrap_err();
         assert!(err.to_string().contains("serving.workers"), "{err}");
+        let err = parse("[serving]\nmax_batch_size = 0").unwrap_err();
+        assert!(err.to_string().contains("serving.max_batch_size"), "{err}");
+        let err = parse("[serving]\nmax_queue_delay_us = 5000000").unwrap_err();
+        assert!(err.to_string().contains("serving.max_queue_delay_us"), "{err}");
         let err = parse("[serving]\ninstances = 2").unwrap_err();
         assert!(err.to_string().contains("instances"), "{err}");
     }

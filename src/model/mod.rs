@@ -53,6 +53,11 @@ pub enum LoadError {
     UnsupportedType { model: String, kind: &'static str, name: String, datum: DatumType },
     #[error("model \"{model}\": model.toml says output \"{name}\" is {declared}, the model produces {actual}")]
     OutputMismatch { model: String, name: String, declared: String, actual: String },
+    #[error(
+        "model \"{model}\": serving.max_batch_size needs a batch dimension (-1 first) on every input and output, \
+         and {kind} \"{name}\" has shape {shape:?}; remove max_batch_size or declare the batch dimension"
+    )]
+    NotBatchable { model: String, kind: &'static str, name: String, shape: Vec<i64> },
 }
 
 /// A request that the model cannot take. The message is sent back to the client as is.
@@ -88,6 +93,13 @@ pub struct PreparedInputs {
     pub inputs: TVec<TValue>,
     /// Indices into the model's outputs, each with whether it goes back as raw bytes.
     pub outputs: Vec<(usize, bool)>,
+}
+
+impl PreparedInputs {
+    /// The request's batch size: the leading dimension of its first input.
+    pub fn rows(&self) -> usize {
+        self.inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1)
+    }
 }
 
 impl Model {
@@ -126,6 +138,9 @@ impl Model {
             .collect();
         let typed = graph.into_optimized().map_err(tract("optimise the graph"))?;
         let outputs = describe_outputs(name, &typed, &output_names, manifest)?;
+        if manifest.serving.max_batch_size.is_some_and(|b| b > 1) {
+            check_batchable(name, &inputs, &outputs)?;
+        }
         let plan = typed.into_runnable().map_err(tract("build a plan"))?;
         let model = Model {
             metadata: ModelMetadata {
@@ -231,12 +246,69 @@ impl Model {
     /// Runs a prepared request and encodes the reply with the outputs the client asked for.
     pub fn answer(&self, id: Option<&str>, prepared: PreparedInputs) -> Result<EncodedReply, AnswerError> {
         let outputs = self.run(prepared.inputs).map_err(|e| AnswerError::Inference(format!("{e:#}")))?;
-        let selected: Vec<OutputTensor<'_>> = prepared
-            .outputs
+        let outputs: Vec<&Tensor> = outputs.iter().map(|t| &**t).collect();
+        self.encode(id, &outputs, &prepared.outputs)
+    }
+
+    /// Rows per run with dynamic batching: 1 when it is off.
+    pub fn max_batch_size(&self) -> usize {
+        self.serving.max_batch_size.unwrap_or(1)
+    }
+
+    /// Runs several prepared requests as one batch (stacked along the batch dimension, which
+    /// `max_batch_size` guarantees every input and output has) and answers each with its own rows.
+    /// A failed run fails every request of the batch.
+    pub fn answer_batch(
+        &self,
+        requests: Vec<(Option<&str>, PreparedInputs)>,
+    ) -> Vec<Result<EncodedReply, AnswerError>> {
+        if requests.len() == 1 {
+            let (id, prepared) = requests.into_iter().next().expect("one request");
+            return vec![self.answer(id, prepared)];
+        }
+        let rows: Vec<usize> = requests.iter().map(|(_, p)| p.rows()).collect();
+        let outputs = (0..self.metadata.inputs.len())
+            .map(|input| {
+                let parts: Vec<&Tensor> = requests.iter().map(|(_, p)| &*p.inputs[input]).collect();
+                Ok(Tensor::stack_tensors(0, &parts)?.into_tvalue())
+            })
+            .collect::<TractResult<TVec<TValue>>>()
+            .and_then(|stacked| self.run(stacked));
+        let outputs = match outputs {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                let message = format!("{e:#}");
+                return requests.iter().map(|_| Err(AnswerError::Inference(message.clone()))).collect();
+            }
+        };
+        let mut start = 0;
+        requests
+            .iter()
+            .zip(rows)
+            .map(|((id, prepared), rows)| {
+                let own = outputs
+                    .iter()
+                    .map(|t| t.slice(0, start, start + rows))
+                    .collect::<TractResult<Vec<Tensor>>>()
+                    .map_err(|e| AnswerError::Inference(format!("splitting the batch: {e:#}")))?;
+                start += rows;
+                self.encode(*id, &own.iter().collect::<Vec<_>>(), &prepared.outputs)
+            })
+            .collect()
+    }
+
+    /// Encodes the outputs a request asked for.
+    fn encode(
+        &self,
+        id: Option<&str>,
+        outputs: &[&Tensor],
+        wanted: &[(usize, bool)],
+    ) -> Result<EncodedReply, AnswerError> {
+        let selected: Vec<OutputTensor<'_>> = wanted
             .iter()
             .map(|&(index, binary)| OutputTensor {
                 name: &self.metadata.outputs[index].name,
-                tensor: &outputs[index],
+                tensor: outputs[index],
                 binary,
             })
             .collect();
@@ -260,6 +332,21 @@ impl Model {
     fn warm_up(&self) -> TractResult<TVec<TValue>> {
         self.run(self.zero_inputs(1)?)
     }
+}
+
+fn check_batchable(model: &str, inputs: &[TensorMetadata], outputs: &[TensorMetadata]) -> Result<(), LoadError> {
+    let tensors = inputs.iter().map(|t| ("input", t)).chain(outputs.iter().map(|t| ("output", t)));
+    for (kind, tensor) in tensors {
+        if tensor.shape.first() != Some(&-1) {
+            return Err(LoadError::NotBatchable {
+                model: model.into(),
+                kind,
+                name: tensor.name.clone(),
+                shape: tensor.shape.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Gives every graph input a concrete datatype and shape (a leading batch dimension may stay
