@@ -2,7 +2,7 @@
 # Builds the Debian package of edgeinfer for one board type, with plain dpkg-deb.
 #
 #   cross/package.sh TARGET [--binary PATH] [--version V] [--out DIR] [--compression xz|gzip|none]
-#                           [--maintainer "Name <mail>"] [--any-binary]
+#                           [--maintainer "Name <mail>"] [--any-binary] [--print-path]
 #
 #   TARGET        aarch64-unknown-linux-gnu (arm64), armv7-unknown-linux-gnueabihf (armhf)
 #                 or x86_64-unknown-linux-gnu (amd64)
@@ -14,6 +14,7 @@
 #   --compression dpkg-deb's compressor (default xz; gzip packs a debug binary 10x faster)
 #   --maintainer  the Maintainer field (default: git config user.name and user.email)
 #   --any-binary  package a binary that is not an ELF for TARGET (tests, packaging checks)
+#   --print-path  print the path of the .deb these options make, and make nothing
 #
 # The package: /usr/bin/edgeinfer, /etc/edgeinfer/config.toml (a conffile: an edited config survives
 # upgrades), the systemd unit, the example model in /var/lib/edgeinfer/models, the service user
@@ -23,7 +24,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 die() {
@@ -39,6 +40,7 @@ out=""
 compression=xz
 maintainer=""
 any_binary=false
+print_path=false
 while [ $# -gt 0 ]; do
     case "$1" in
     --binary) binary=${2:?--binary needs a path} && shift ;;
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --compression) compression=${2:?--compression needs xz, gzip or none} && shift ;;
     --maintainer) maintainer=${2:?--maintainer needs "Name <mail>"} && shift ;;
     --any-binary) any_binary=true ;;
+    --print-path) print_path=true ;;
     -h | --help) usage ;;
     -*) die "unknown option '$1' (see --help)" ;;
     *)
@@ -73,6 +76,18 @@ for tool in dpkg-deb readelf; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install dpkg binutils)"
 done
 
+if [ -z "$version" ]; then
+    version=$(awk '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 }
+        p && /^version *=/ { gsub(/^[^"]*"|".*$/, ""); print; exit }' "$root/Cargo.toml")
+    [ -n "$version" ] || die "no version in $root/Cargo.toml; give --version"
+fi
+[[ "$version" =~ ^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$ ]] || die "'$version' is not a Debian version"
+out=${out:-$root/dist}
+deb=$out/edgeinfer_${version#*:}_${arch}.deb
+if $print_path; then
+    echo "$deb"
+    exit 0
+fi
 if [ -z "$binary" ]; then
     if [ "$target" = x86_64-unknown-linux-gnu ]; then
         binary=$root/target/release/edgeinfer
@@ -81,12 +96,6 @@ if [ -z "$binary" ]; then
     fi
 fi
 [ -f "$binary" ] || die "no binary at $binary (build it: cross/build.sh $target, or give --binary)"
-if [ -z "$version" ]; then
-    version=$(awk '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 }
-        p && /^version *=/ { gsub(/^[^"]*"|".*$/, ""); print; exit }' "$root/Cargo.toml")
-    [ -n "$version" ] || die "no version in $root/Cargo.toml; give --version"
-fi
-[[ "$version" =~ ^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$ ]] || die "'$version' is not a Debian version"
 if [ -z "$maintainer" ]; then
     name=$(git -C "$root" config user.name 2>/dev/null || true)
     mail=$(git -C "$root" config user.email 2>/dev/null || true)
@@ -96,9 +105,7 @@ if [ -z "$maintainer" ]; then
         maintainer="edgeinfer maintainers <edgeinfer@localhost>"
     fi
 fi
-out=${out:-$root/dist}
 mkdir -p "$out"
-deb=$out/edgeinfer_${version}_${arch}.deb
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
