@@ -106,6 +106,9 @@ pub struct RequestsConfig {
     pub default_timeout_ms: u64,
     /// At shutdown, queued requests still get computed for this long; later ones get `shutting_down`.
     pub shutdown_grace_ms: u64,
+    /// Every this many seconds the request counts are published, retained, at
+    /// `<base>/<device>/stats`; 0 = never (they are still logged at shutdown).
+    pub stats_interval_secs: u64,
 }
 
 impl Default for RequestsConfig {
@@ -117,6 +120,7 @@ impl Default for RequestsConfig {
             workers: 0,
             default_timeout_ms: 0,
             shutdown_grace_ms: 5_000,
+            stats_interval_secs: 30,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::mqtt::options::{mqtt_options, SetupError};
 use crate::mqtt::publisher::{self, Command, Outgoing};
 use crate::mqtt::{status, Topics};
 use crate::scheduler::{PoolConfig, Scheduler};
+use crate::stats::Stats;
 use crate::systemd;
 
 /// Requests read from the broker but not yet dispatched: kept small because each may be as large
@@ -96,6 +97,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let pool =
         PoolConfig { workers_per_model: config.workers_per_model(), queue_capacity: config.requests.queue_capacity };
     let scheduler = Scheduler::start(&repository, pool, replies.clone());
+    let stats = Arc::new(Stats::new(&repository.names()));
     let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
     tokio::spawn(
         Dispatcher {
@@ -107,9 +109,27 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             max_payload_bytes: config.requests.max_payload_bytes,
             default_timeout,
             budget: Arc::new(Semaphore::new(config.requests.max_queued_bytes.min(u32::MAX as usize))),
+            stats: stats.clone(),
         }
         .run(inbound_rx),
     );
+    let stats_message = {
+        let (stats, scheduler, topic, device) = (stats.clone(), scheduler.clone(), topics.stats(), device.clone());
+        move || retained_message(topic.clone(), stats.to_json(&device, |model| scheduler.queued(model)))
+    };
+    if config.requests.stats_interval_secs > 0 {
+        let interval = Duration::from_secs(config.requests.stats_interval_secs);
+        let (replies, stats_message) = (replies.clone(), stats_message.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                ticks.tick().await;
+                if replies.send(stats_message()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let serving = format!("serving {} model(s) as {device} on {}", repository.names().len(), config.broker.url);
     tokio::spawn(report_connection(connected_rx, serving, config.broker.url.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
@@ -141,17 +161,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     if tokio::time::timeout(grace + DISCONNECT_TIMEOUT, drained).await.is_err() {
         tracing::error!("inference threads did not finish in time; stopping without them");
     }
-    let stopped = Outgoing {
-        topic: topics.status(),
-        payload: status::stopped(&device),
-        header_len: None,
-        correlation: None,
-        qos: QoS::AtLeastOnce,
-        retain: true,
-    };
+    let final_stats = stats_message();
+    if let Command::Publish(stats) = &final_stats {
+        tracing::info!(stats = %String::from_utf8_lossy(&stats.payload), "request counts");
+    }
     // Bounded: with the broker gone the reply channel may be full and never drain.
     let goodbye = async {
-        let _ = replies.send(Command::Publish(stopped)).await;
+        let _ = replies.send(final_stats).await;
+        let _ = replies.send(retained_message(topics.status(), status::stopped(&device))).await;
         let _ = replies.send(Command::Disconnect).await;
         drop(replies);
         connection.await
@@ -162,6 +179,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     publisher.abort();
     Ok(())
+}
+
+fn retained_message(topic: String, payload: Vec<u8>) -> Command {
+    Command::Publish(Outgoing {
+        topic,
+        payload,
+        header_len: None,
+        correlation: None,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    })
 }
 
 /// READY=1 on the first connection (the models are loaded by then), and a status line that says

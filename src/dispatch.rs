@@ -19,6 +19,7 @@ use crate::mqtt::topics::{is_valid_reply_topic, Topics};
 use crate::protocol::request::{decode_request, header_length_from_properties, RequestIdentity};
 use crate::protocol::ErrorCode;
 use crate::scheduler::{Job, Rejected, ReplyTo, Scheduler};
+use crate::stats::Stats;
 
 /// Turns request messages into jobs.
 pub struct Dispatcher {
@@ -31,6 +32,7 @@ pub struct Dispatcher {
     pub default_timeout: Option<Duration>,
     /// Bytes of input tensors that queued jobs may hold in total (one permit per byte).
     pub budget: Arc<Semaphore>,
+    pub stats: Arc<Stats>,
 }
 
 impl Dispatcher {
@@ -141,7 +143,7 @@ impl Dispatcher {
             .clone()
             .or_else(|| identity.reply_to.clone().filter(|t| is_valid_reply_topic(t)))
             .unwrap_or_else(|| self.topics.result(model));
-        ReplyTo { topic, correlation: props.correlation_data.clone(), qos }
+        ReplyTo { topic, correlation: props.correlation_data.clone(), qos, counts: self.stats.for_model(model) }
     }
 
     /// Error replies never wait: if the publisher is this far behind, the reply is dropped and

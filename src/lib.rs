@@ -8,8 +8,8 @@
 //! - [`scheduler`]: bounded per-model queues and inference threads;
 //! - [`model`]: ONNX -> tract plan, the model repository, `inspect`;
 //!
-//! with [`daemon`] wiring them together, [`config`] for the settings, [`systemd`] for the service
-//! manager and [`client`] for callers.
+//! with [`daemon`] wiring them together, [`config`] for the settings, [`stats`] for the request
+//! counts operators read, [`systemd`] for the service manager and [`client`] for callers.
 
 pub mod client;
 pub mod config;
@@ -19,4 +19,5 @@ pub mod model;
 pub mod mqtt;
 pub mod protocol;
 pub mod scheduler;
+pub mod stats;
 pub mod systemd;

@@ -56,6 +56,10 @@ impl Topics {
         format!("{}/{}/models/{model}", self.base, self.device)
     }
 
+    pub fn stats(&self) -> String {
+        format!("{}/{}/stats", self.base, self.device)
+    }
+
     pub fn status(&self) -> String {
         format!("{}/{}/status", self.base, self.device)
     }

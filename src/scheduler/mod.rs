@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use crate::model::{Model, ModelRepository, PreparedInputs};
 use crate::mqtt::publisher::{Command, Outgoing};
 use crate::protocol::{encode_error, ErrorCode};
+use crate::stats::Counters;
 
 /// Where and how a reply goes.
 #[derive(Debug, Clone)]
@@ -28,17 +29,22 @@ pub struct ReplyTo {
     pub topic: String,
     pub correlation: Option<Bytes>,
     pub qos: QoS,
+    /// Where this reply is counted: every request gets exactly one reply, so counting replies
+    /// counts requests.
+    pub counts: Arc<Counters>,
 }
 
 impl ReplyTo {
     /// The reply carrying an encoded inference result.
     pub fn result(&self, reply: crate::protocol::EncodedReply) -> Command {
+        self.counts.answered();
         self.publish(reply.payload, reply.header_len)
     }
 
     /// An error reply, with the warning line every refused request gets.
     pub fn error(&self, id: Option<&str>, model: &str, code: ErrorCode, message: &str) -> Command {
         tracing::warn!(code = code.as_str(), error = message, "request refused");
+        self.counts.refused(code);
         self.publish(encode_error(id, model, code, message), None)
     }
 
@@ -170,6 +176,12 @@ impl Scheduler {
             Err(TrySendError::Disconnected(Task::Run(job))) => Err(Rejected::ShuttingDown(job)),
             Err(_) => unreachable!("only Run tasks are submitted"),
         }
+    }
+
+    /// How many requests wait in `model`'s queue.
+    pub fn queued(&self, model: &str) -> Option<usize> {
+        let progress = self.inner.progress.lock().expect("progress lock");
+        progress.iter().find(|p| p.name == model).map(|p| p.queue.len())
     }
 
     /// Models whose queue holds jobs although their workers finished none since the previous

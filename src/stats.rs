@@ -1,0 +1,126 @@
+//! What became of the requests, per model: answered, and refused by error code. Operators read
+//! it from the retained `<base>/<device>/stats` topic (`requests.stats_interval_secs`) and from
+//! the last log line at shutdown; a fleet dashboard can sum it over boards.
+//!
+//! Every reply passes through [`crate::scheduler::ReplyTo`], which counts it here, so the counts
+//! add up to the requests received. Requests for models this board does not serve share one
+//! bucket: names from the network never grow the table.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::protocol::ErrorCode;
+
+/// One model's counts; cheap to share with every reply for that model.
+#[derive(Debug, Default)]
+pub struct Counters {
+    answered: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl Counters {
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, code: ErrorCode) {
+        self.errors[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self, queued: Option<usize>) -> ModelSnapshot {
+        let errors: BTreeMap<&'static str, u64> = ErrorCode::ALL
+            .iter()
+            .map(|&code| (code.as_str(), self.errors[code as usize].load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        let answered = self.answered.load(Ordering::Relaxed);
+        ModelSnapshot { requests: answered + errors.values().sum::<u64>(), answered, errors, queued }
+    }
+}
+
+/// Every model's counters, fixed at start.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    models: BTreeMap<String, Arc<Counters>>,
+    other: Arc<Counters>,
+}
+
+#[derive(Serialize)]
+struct ModelSnapshot {
+    requests: u64,
+    answered: u64,
+    errors: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    device: &'a str,
+    uptime_secs: u64,
+    models: BTreeMap<&'a str, ModelSnapshot>,
+    /// Requests for models this board does not serve (all answered `unknown_model`), and requests
+    /// refused before their model was known.
+    other: ModelSnapshot,
+}
+
+impl Stats {
+    pub fn new(models: &[String]) -> Stats {
+        Stats {
+            started: Instant::now(),
+            models: models.iter().map(|m| (m.clone(), Arc::default())).collect(),
+            other: Arc::default(),
+        }
+    }
+
+    /// The counters a reply for `model` goes to.
+    pub fn for_model(&self, model: &str) -> Arc<Counters> {
+        self.models.get(model).unwrap_or(&self.other).clone()
+    }
+
+    /// The JSON published at the stats topic; `queued` gives each model's current queue length.
+    pub fn to_json(&self, device: &str, queued: impl Fn(&str) -> Option<usize>) -> Vec<u8> {
+        let snapshot = Snapshot {
+            device,
+            uptime_secs: self.started.elapsed().as_secs(),
+            models: self.models.iter().map(|(name, c)| (name.as_str(), c.snapshot(queued(name)))).collect(),
+            other: self.other.snapshot(None),
+        };
+        serde_json::to_vec(&snapshot).expect("stats serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_and_unknown_models_share_one_bucket() {
+        let stats = Stats::new(&["digits".to_string()]);
+        let digits = stats.for_model("digits");
+        digits.answered();
+        digits.answered();
+        digits.refused(ErrorCode::Busy);
+        stats.for_model("nope").refused(ErrorCode::UnknownModel);
+        stats.for_model("other-nope").refused(ErrorCode::UnknownModel);
+        let v: serde_json::Value = serde_json::from_slice(&stats.to_json("pi", |_| Some(3))).unwrap();
+        assert_eq!(v["models"]["digits"]["requests"], 3);
+        assert_eq!(v["models"]["digits"]["answered"], 2);
+        assert_eq!(v["models"]["digits"]["errors"]["busy"], 1);
+        assert_eq!(v["models"]["digits"]["queued"], 3);
+        assert_eq!(v["other"]["errors"]["unknown_model"], 2);
+        assert_eq!(v["models"].as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn error_codes_index_their_counters() {
+        for (index, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, index, "{}", code.as_str());
+        }
+    }
+}
