@@ -36,7 +36,7 @@ fn assert_probabilities_match(reply: &Value, expected: &[f32]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v5_request_gets_its_reply_on_the_response_topic_with_its_correlation_data() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "");
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
     let golden = digits_golden();
     let mut client = V5Client::connect(&broker, &["test/replies"]).await;
 
@@ -58,7 +58,7 @@ async fn a_v5_request_gets_its_reply_on_the_response_topic_with_its_correlation_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_311_client_gets_its_reply_at_parameters_reply_to() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "");
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
     let golden = digits_golden();
 
     let mut options = rumqttc::MqttOptions::new("test-311", "127.0.0.1", broker.port);
@@ -97,7 +97,7 @@ async fn an_mqtt_311_client_gets_its_reply_at_parameters_reply_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_metadata_are_retained_and_replies_without_a_reply_topic_go_to_result() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "");
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
 
     let status = retained(&broker, &format!("edgeinfer/{}/status", daemon.device)).unwrap();
     assert_eq!(status["state"], "online");
@@ -125,7 +125,7 @@ async fn status_and_metadata_are_retained_and_replies_without_a_reply_topic_go_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_request_gets_an_error_naming_it_and_the_next_good_one_is_served() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "[requests]\nmax_payload_bytes = 65536\n");
+    let daemon = Daemon::start(&broker, &digits_repository(), "[requests]\nmax_payload_bytes = 65536\n");
     let mut client = V5Client::connect(&broker, &["test/errors"]).await;
     let digits = daemon.infer_topic("digits");
     let pixels = vec![1.0f32; 64];
@@ -182,7 +182,7 @@ async fn every_kind_of_bad_request_gets_an_error_naming_it_and_the_next_good_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digits_answers_through_mqtt_equal_onnxruntime_on_the_held_out_split() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "");
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
     let golden = digits_golden();
     assert_eq!(golden.inputs.len(), 360);
     let requester = Requester::connect(&requester_config(&broker), PATIENCE).await.unwrap();
@@ -228,7 +228,7 @@ async fn digits_answers_through_mqtt_equal_onnxruntime_on_the_held_out_split() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_get_json_and_binary_answers() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "");
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
     let golden = digits_golden();
     let port = broker.port.to_string();
     let topic = daemon.infer_topic("digits");
@@ -283,7 +283,7 @@ async fn mosquitto_clients_get_json_and_binary_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_subcommand_prints_the_reply_json_and_binary() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "");
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
     let golden = digits_golden();
     for binary in [false, true] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeinfer"));
@@ -302,7 +302,7 @@ async fn the_request_subcommand_prints_the_reply_json_and_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_broker_is_killed_and_restarted_the_daemon_answers_again_by_itself() {
     let mut broker = Broker::start();
-    let daemon = Daemon::start(&broker, &shipped_models(), "");
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
     let golden = digits_golden();
     let topic = daemon.infer_topic("digits");
     {
@@ -336,7 +336,7 @@ async fn after_the_broker_is_killed_and_restarted_the_daemon_answers_again_by_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_started_before_its_broker_connects_when_the_broker_comes() {
     let port = free_port();
-    let daemon = Daemon::spawn(&format!("mqtt://127.0.0.1:{port}"), &shipped_models(), "");
+    let daemon = Daemon::spawn(&format!("mqtt://127.0.0.1:{port}"), &digits_repository(), "");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let broker = Broker::start_on(port);
     daemon.wait_online(&broker);
@@ -350,13 +350,13 @@ async fn a_daemon_started_before_its_broker_connects_when_the_broker_comes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_publishes_stopped_and_exits_zero_and_a_crash_leaves_offline() {
     let broker = Broker::start();
-    let mut daemon = Daemon::start(&broker, &shipped_models(), "");
+    let mut daemon = Daemon::start(&broker, &digits_repository(), "");
     let status = daemon.terminate();
     assert!(status.success(), "exit status {status:?}; log:\n{}", daemon.log());
     let retained_status = retained(&broker, &format!("edgeinfer/{}/status", daemon.device)).unwrap();
     assert_eq!(retained_status["state"], "stopped");
 
-    let mut crashed = Daemon::start(&broker, &shipped_models(), "");
+    let mut crashed = Daemon::start(&broker, &digits_repository(), "");
     crashed.kill();
     let topic = format!("edgeinfer/{}/status", crashed.device);
     wait_until("the Last Will says offline", || retained(&broker, &topic).is_some_and(|s| s["state"] == "offline"));
@@ -394,8 +394,8 @@ async fn a_broken_model_is_reported_by_name_and_the_others_still_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_boards_in_one_fleet_group_share_the_fleet_topic() {
     let broker = Broker::start();
-    let a = Daemon::start(&broker, &shipped_models(), "");
-    let b = Daemon::start(&broker, &shipped_models(), "");
+    let a = Daemon::start(&broker, &digits_repository(), "");
+    let b = Daemon::start(&broker, &digits_repository(), "");
     let requester = Requester::connect(&requester_config(&broker), PATIENCE).await.unwrap();
     let golden = digits_golden();
     for i in 0..40 {
@@ -417,7 +417,7 @@ async fn two_boards_in_one_fleet_group_share_the_fleet_topic() {
 async fn an_expired_request_is_answered_deadline_exceeded_without_computing() {
     let broker = Broker::start();
     // One worker and a request that sits behind a large batch: its 1 ms timeout passes in the queue.
-    let daemon = Daemon::start(&broker, &shipped_models(), "[requests]\nworkers = 1\n");
+    let daemon = Daemon::start(&broker, &digits_repository(), "[requests]\nworkers = 1\n");
     let mut client = V5Client::connect(&broker, &["test/deadline"]).await;
     let topic = daemon.infer_topic("digits");
     let rows = 50_000;
@@ -456,7 +456,7 @@ async fn a_full_queue_answers_busy_at_once_and_every_request_gets_exactly_one_re
     let toml = std::fs::read_to_string(&manifest).unwrap() + "\n[serving]\nworkers = 1\nqueue_capacity = 1\n";
     std::fs::write(&manifest, toml).unwrap();
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, models.path(), "");
+    let daemon = Daemon::start(&broker, models.path(), "[requests]\nstats_interval_secs = 1\n");
     assert!(daemon.log().contains("model=digits workers=1 queue_capacity=1"), "{}", daemon.log());
     let mut client = V5Client::connect(&broker, &["test/busy"]).await;
     let topic = daemon.infer_topic("digits");
@@ -488,12 +488,24 @@ async fn a_full_queue_answers_busy_at_once_and_every_request_gets_exactly_one_re
     assert!(busy > 0, "a queue of one behind one worker must overflow with {sent} large requests");
     let v = retained(&broker, &format!("edgeinfer/{}/status", daemon.device)).unwrap();
     assert_eq!(v["state"], "online");
+
+    // The retained counts (published every second here) say the same as the replies did.
+    let stats_topic = format!("edgeinfer/{}/stats", daemon.device);
+    let mut last = Value::Null;
+    wait_until("the published counts include every reply", || {
+        last = retained(&broker, &stats_topic).unwrap_or_default();
+        last["models"]["digits"]["requests"] == sent
+    });
+    let digits = &last["models"]["digits"];
+    assert_eq!(digits["errors"]["busy"], busy, "{last}");
+    assert_eq!(digits["answered"], sent - busy, "{last}");
+    assert_eq!(digits["queued"], 0, "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_broker_gone_still_exits_zero() {
     let mut broker = Broker::start();
-    let mut daemon = Daemon::start(&broker, &shipped_models(), "");
+    let mut daemon = Daemon::start(&broker, &digits_repository(), "");
     broker.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = daemon.terminate();

@@ -92,7 +92,7 @@ async fn the_daemon_serves_through_a_tls_broker_with_credentials_and_refuses_wro
         "ca_file = \"{0}/ca.pem\"\nusername = \"board\"\npassword_file = \"{0}/password\"\n",
         pki.path().display()
     );
-    let daemon = Daemon::spawn_with_broker_section(&url, &shipped_models(), &tls, "");
+    let daemon = Daemon::spawn_with_broker_section(&url, &digits_repository(), &tls, "");
     daemon.wait_online_with(|topic| {
         let out = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "--cafile"])
@@ -122,7 +122,7 @@ async fn the_daemon_serves_through_a_tls_broker_with_credentials_and_refuses_wro
     // A daemon with the wrong password never gets in, says why, and keeps trying.
     std::fs::write(pki.path().join("wrong"), "guess").unwrap();
     let wrong = tls.replace("/password\"", "/wrong\"");
-    let refused = Daemon::spawn_with_broker_section(&url, &shipped_models(), &wrong, "");
+    let refused = Daemon::spawn_with_broker_section(&url, &digits_repository(), &wrong, "");
     wait_until("the refusal is logged", || refused.log().contains("broker connection failed"));
     let log = refused.log();
     assert!(

@@ -80,7 +80,7 @@ impl NotifySocket {
 fn spawn_notifying(broker_url: &str, notify: &NotifySocket, watchdog_usec: u64, extra_toml: &str) -> Daemon {
     Daemon::spawn_with_env(
         broker_url,
-        &shipped_models(),
+        &digits_repository(),
         extra_toml,
         &[("NOTIFY_SOCKET", notify.path.to_str().unwrap()), ("WATCHDOG_USEC", &watchdog_usec.to_string())],
     )

@@ -71,6 +71,13 @@ impl ModelRepository {
                     tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "model loaded");
                     repository.models.insert(name, Arc::new(model));
                 }
+                // A declared model whose file is not there yet (the pack models before
+                // `models/fetch.py`, a board before its models are copied) is not a broken one.
+                Err(LoadError::MissingOnnx { model, dir }) => tracing::warn!(
+                    %model,
+                    dir = %dir.display(),
+                    "skipped: no model.onnx yet (for the models/ pack: python3 models/fetch.py)"
+                ),
                 Err(e) => failures.push(e),
             }
         }

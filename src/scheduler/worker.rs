@@ -22,7 +22,7 @@ pub(super) struct Worker {
 
 /// What one gathering round took off the queue.
 struct Gathered {
-    batch: Vec<Box<Job>>,
+    batch: Vec<Job>,
     /// A job that did not fit in the batch: it starts the next one.
     left_over: Option<Box<Job>>,
     /// The stop marker came (it is queued behind every job, so nothing is left over): finish
@@ -51,7 +51,7 @@ impl Worker {
     }
 
     /// Answers a batch and hands the replies to the publisher.
-    fn complete(&self, batch: Vec<Box<Job>>) {
+    fn complete(&self, batch: Vec<Job>) {
         let count = batch.len() as u64;
         for reply in self.answer(batch) {
             if self.inner.replies.blocking_send(reply).is_err() {
@@ -66,7 +66,7 @@ impl Worker {
     fn gather(&self, first: Box<Job>) -> Gathered {
         let max_rows = self.model.max_batch_size();
         let mut rows = first.inputs.rows();
-        let mut gathered = Gathered { batch: vec![first], left_over: None, stop: false };
+        let mut gathered = Gathered { batch: vec![*first], left_over: None, stop: false };
         if max_rows <= 1 {
             return gathered;
         }
@@ -94,7 +94,7 @@ impl Worker {
                 }
                 Task::Run(job) => {
                     rows += job.inputs.rows();
-                    gathered.batch.push(job);
+                    gathered.batch.push(*job);
                 }
             }
         }
@@ -103,7 +103,7 @@ impl Worker {
 
     /// Replies to every job of a batch: expired and (past the shutdown grace) late ones with an
     /// error, the rest computed in one run.
-    fn answer(&self, batch: Vec<Box<Job>>) -> Vec<Command> {
+    fn answer(&self, batch: Vec<Job>) -> Vec<Command> {
         let name = self.model.name();
         let mut replies = Vec::with_capacity(batch.len());
         let mut runnable = Vec::with_capacity(batch.len());
@@ -120,7 +120,7 @@ impl Worker {
         let mut requests = Vec::with_capacity(size);
         let mut jobs = Vec::with_capacity(size);
         for job in runnable {
-            let Job { id, inputs, reply, received, span, budget, .. } = *job;
+            let Job { id, inputs, reply, received, span, budget, .. } = job;
             requests.push(inputs);
             jobs.push((id, reply, received, span, budget));
         }

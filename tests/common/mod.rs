@@ -253,6 +253,23 @@ pub fn shipped_models() -> PathBuf {
     repo_root().join("models")
 }
 
+/// A repository holding only the shipped `digits` (a link to it): what the daemon tests serve,
+/// whether or not the model pack (`models/fetch.py`) is there too.
+pub fn digits_repository() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join("target/test-models");
+        std::fs::create_dir_all(&dir).unwrap();
+        match std::os::unix::fs::symlink(shipped_models().join("digits"), dir.join("digits")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("linking {}: {e}", dir.join("digits").display()),
+        }
+        dir
+    })
+    .clone()
+}
+
 /// A model repository of the test's own, with copies of shipped models and anything else added.
 pub fn models_dir_with(models: &[&str]) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
