@@ -15,6 +15,8 @@
 #                      --mqtt-opt --cafile --mqtt-opt ca.pem)
 #   --timeout S        how long a board has, after its restart, to report "online" with the new
 #                      version on edgeinfer/<device>/status (default 60)
+#   --rollback-timeout S  the same for the previous version after a rollback (default 120: a
+#                      known-good release gets more patience than a new one)
 #   --device NAME      the board's device id (one host only; default: the board's hostname)
 #   --ssh-opt OPT      an ssh -o option (repeat: --ssh-opt Port=2222 --ssh-opt IdentityFile=~/.ssh/pi)
 #   --remote-root DIR  install into a staging root DIR on the board (dpkg --root) instead of /;
@@ -35,7 +37,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" # the header comment
     exit 2
 }
 die() {
@@ -50,6 +52,7 @@ rebuild=false
 broker=mqtt://127.0.0.1:1883
 mqtt_opts=()
 timeout=60
+rollback_timeout=120
 device=""
 ssh_opts=()
 remote_root=""
@@ -66,6 +69,7 @@ while [ $# -gt 0 ]; do
     --broker) broker=${2:?--broker needs a URL} && shift ;;
     --mqtt-opt) mqtt_opts+=("${2:?--mqtt-opt needs an argument}") && shift ;;
     --timeout) timeout=${2:?--timeout needs seconds} && shift ;;
+    --rollback-timeout) rollback_timeout=${2:?--rollback-timeout needs seconds} && shift ;;
     --device) device=${2:?--device needs a name} && shift ;;
     --ssh-opt) ssh_opts+=(-o "${2:?--ssh-opt needs Key=Value}") && shift ;;
     --remote-root) remote_root=${2:?--remote-root needs a directory} && shift ;;
@@ -81,6 +85,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#hosts[@]} -gt 0 ] || die "no board given: cross/deploy.sh [options] user@host... (see --help)"
 [[ "$timeout" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a whole number of seconds, not '$timeout'"
+[[ "$rollback_timeout" =~ ^[1-9][0-9]*$ ]] || die "--rollback-timeout must be a whole number of seconds, not '$rollback_timeout'"
 [ -z "$device" ] || [ ${#hosts[@]} -eq 1 ] || die "--device names one board; give one host with it"
 if [ -n "$remote_root" ]; then
     [[ "$remote_root" == /* ]] || die "--remote-root must be an absolute path, not '$remote_root'"
@@ -166,8 +171,9 @@ if ! $dry_run; then
     command -v mosquitto_sub >/dev/null || die "mosquitto_sub is missing (apt-get install mosquitto-clients)"
 fi
 
-# ${a[@]+"${a[@]}"}: an empty array under set -u, also in macOS's bash 3.2.
-ssh_base=(ssh -o BatchMode=yes -o ConnectTimeout=10 ${ssh_opts[@]+"${ssh_opts[@]}"})
+# ${a[@]+"${a[@]}"}: an empty array under set -u, also in macOS's bash 3.2. The user's options come
+# first: for ssh, the first value of an option wins.
+ssh_base=(ssh ${ssh_opts[@]+"${ssh_opts[@]}"} -o BatchMode=yes -o ConnectTimeout=10)
 deploy_dir=$remote_root/var/lib/edgeinfer-deploy
 dpkg_cmd="dpkg --force-confdef --force-confold"
 if [ -n "$remote_root" ]; then
@@ -253,11 +259,12 @@ restart() {
     fi
 }
 
-# Waits until the retained status says online with version $1.
+# Waits until the retained status says online with version $1, for at most $2 seconds.
 last_status=""
 wait_online() {
     step="wait for status"
     local want=$1
+    local timeout=$2
     local topic="edgeinfer/$board_device/status"
     local sub=(mosquitto_sub -h "$broker_host" -p "$broker_port" ${mqtt_opts[@]+"${mqtt_opts[@]}"} -t "$topic" -C 1 -W 2 --retained-only)
     show "${sub[@]}"
@@ -301,10 +308,10 @@ roll_back() {
     as_root "set -e; cd $dir; $dpkg_cmd -i previous.deb; mv -f current.deb failed.deb; mv -f previous.deb current.deb" ||
         fail "dpkg could not reinstall $previous" || true
     local upstream=${previous#*:}
-    if restart && wait_online "${upstream%-*}"; then
-        summary+=("$host: rolled back to $previous after $failed_step failed for $version; it is online again")
+    if restart && wait_online "${upstream%-*}" "$rollback_timeout"; then
+        summary+=("$host: rolled back to $previous ($version failed at '$failed_step'); $previous is online again")
     else
-        summary+=("$host: rolled back to $previous after $failed_step failed for $version, but it is not online either")
+        summary+=("$host: rolled back to $previous ($version failed at '$failed_step'), but $previous is not online either")
     fi
 }
 
@@ -328,7 +335,7 @@ for host in "${hosts[@]}"; do
         status=1
         continue
     fi
-    if install_new && restart && wait_online "$expected"; then
+    if install_new && restart && wait_online "$expected" "$timeout"; then
         $dry_run && summary+=("$host: would deploy $version") && continue
         summary+=("$host: ok, ${installed:-nothing} -> $version, online as $board_device in $((SECONDS - start))s")
         continue

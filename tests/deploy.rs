@@ -249,6 +249,7 @@ fn deploy_installs_over_ssh_and_rolls_a_broken_release_back() {
     let broken = package(&broken_binary(debs.path()), "99.0.0", debs.path(), &["--any-binary"]);
 
     let (out, text) = board.deploy(&sshd, &broker, &good, &["--timeout", "20"]);
+    eprintln!("{text}"); // the transcript, for --nocapture
     assert!(out.status.success(), "deploy failed:\n{text}\nsshd:\n{}\ndaemon:\n{}", sshd.log(), board.log());
     assert!(text.contains(&format!("ok, nothing -> {}", env!("CARGO_PKG_VERSION"))), "{text}");
     assert_eq!(installed_version(board.root.path()), env!("CARGO_PKG_VERSION"));
@@ -260,9 +261,10 @@ fn deploy_installs_over_ssh_and_rolls_a_broken_release_back() {
     assert!(board.root.path().join("var/lib/edgeinfer-deploy/current.deb").is_file());
 
     let (out, text) = board.deploy(&sshd, &broker, &broken, &["--timeout", "3"]);
+    eprintln!("{text}");
     assert!(!out.status.success(), "a release that never comes online must fail the deploy:\n{text}");
     assert!(text.contains(&format!("rolled back to {}", env!("CARGO_PKG_VERSION"))), "{text}");
-    assert!(text.contains("it is online again"), "{text}");
+    assert!(text.contains(&format!("{} is online again", env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(text.contains("no \"online\" status with version 99.0.0"), "{text}");
     assert_eq!(installed_version(board.root.path()), env!("CARGO_PKG_VERSION"));
     assert!(board.log().contains("this build is broken"), "the broken release never ran:\n{}", board.log());
@@ -372,4 +374,20 @@ fn package_refuses_a_binary_for_another_board() {
         .arg(tempfile::tempdir().unwrap().path()));
     assert!(!out.status.success(), "an x86-64 binary packaged as arm64:\n{text}");
     assert!(text.contains("aarch64-unknown-linux-gnu needs AArch64"), "{text}");
+}
+
+#[test]
+fn an_unreachable_board_is_named_with_its_step_and_the_boards_after_it_are_skipped() {
+    let debs = tempfile::tempdir().unwrap();
+    let deb = package(&broken_binary(debs.path()), "1.2.3", debs.path(), &["--any-binary"]);
+    let closed_port = free_port(); // nothing listens there
+    let (out, text) = run(Command::new(script("deploy.sh"))
+        .args(["--target", "x86_64-unknown-linux-gnu", "--package"])
+        .arg(&deb)
+        .args(["--ssh-opt", &format!("Port={closed_port}"), "--ssh-opt", "ConnectTimeout=5"])
+        .args(["root@127.0.0.1", "pi@127.0.0.2"]));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("cross/deploy.sh: root@127.0.0.1: connect: ssh failed"), "{text}");
+    assert!(text.contains("root@127.0.0.1: failed at connect, nothing changed"), "{text}");
+    assert!(text.contains("pi@127.0.0.2: skipped (an earlier board failed"), "{text}");
 }
