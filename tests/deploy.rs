@@ -257,6 +257,17 @@ fn deploy_installs_over_ssh_and_rolls_a_broken_release_back() {
     assert_eq!(status["state"], "online", "{status}");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
     board.assert_answers(&broker);
+    // The packaged config's models.repository, relative, finds the packaged model from the unit's
+    // WorkingDirectory=/var/lib/edgeinfer.
+    let staged = board.root.path();
+    let (out, text) = run(Command::new(staged.join("usr/bin/edgeinfer"))
+        .arg("models")
+        .arg("--config")
+        .arg(staged.join("etc/edgeinfer/config.toml"))
+        .current_dir(staged.join("var/lib/edgeinfer")));
+    assert!(out.status.success(), "{text}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "digits", "{text}");
     // The rollback copy that the next deploy keeps is in root's deploy directory of the board.
     assert!(board.root.path().join("var/lib/edgeinfer-deploy/current.deb").is_file());
 
