@@ -159,6 +159,9 @@ doc=$stage/usr/share/doc/edgeinfer
 install -D -m 0644 "$root/README.md" "$doc/README.md"
 install -m 0644 "$root/cross/debian/copyright" "$doc/copyright"
 install -D -m 0644 "$root/cross/debian/lintian-overrides" "$stage/usr/share/lintian/overrides/edgeinfer"
+install -d -m 0755 "$stage/usr/share/man/man1"
+gzip -9n <"$root/cross/debian/edgeinfer.1" >"$stage/usr/share/man/man1/edgeinfer.1.gz"
+chmod 0644 "$stage/usr/share/man/man1/edgeinfer.1.gz"
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 # A version with a Debian revision (0.1.0-2) is a non-native package: its changelog has another name.
 if [[ "$version" == *-* ]]; then changelog=changelog.Debian.gz; else changelog=changelog.gz; fi
