@@ -113,8 +113,8 @@ fn ready_only_once_the_broker_is_there_then_watchdog_pings_and_stopping_on_sigte
     drop(broker);
 }
 
-#[test]
-fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
     let notify = NotifySocket::new();
     let broker = Broker::start();
     // One worker, 20 ms watchdog: a queue of large batches keeps it busy for many watchdog periods.
@@ -127,29 +127,31 @@ fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
     daemon.wait_online(&broker);
     notify.until("READY=1");
 
-    let rows = 200_000;
+    // Three requests of 100,000 rows, published back to back from one client, so that two wait
+    // in the queue while the first is computed (each takes far longer than its transfer).
+    let rows = 100_000;
     let header = json!({"inputs": [{"name": "pixels", "shape": [rows, 64], "datatype": "FP32", "parameters": {"binary_data_size": rows * 256}}]}).to_string();
-    let file = daemon.dir.path().join("big.bin");
     let mut payload = header.clone().into_bytes();
     payload.extend(std::iter::repeat_n(0u8, rows * 256));
-    std::fs::write(&file, payload).unwrap();
+    let payload = bytes::Bytes::from(payload);
+    let client = V5Client::connect(&broker, &["test/watchdog"]).await;
     notify.clear();
-    for _ in 0..4 {
-        mosquitto_pub_binary(&broker, &daemon.infer_topic("digits"), &file, header.len(), None);
+    let sent = 3;
+    for i in 0..sent {
+        let mut props = request_props("test/watchdog", format!("{i}").as_bytes());
+        props.user_properties.push(("inference-header-content-length".into(), header.len().to_string()));
+        client.publish(&daemon.infer_topic("digits"), payload.clone(), props).await;
     }
-    // Every ping from the first request until the daemon says it is making progress again.
+    // Every ping until all three are answered.
     let deadline = Instant::now() + PATIENCE;
     let mut pings = Vec::new();
-    loop {
+    while daemon.log().matches("answered").count() < sent {
+        assert!(Instant::now() < deadline, "not all answered:\n{}\nbroker:\n{}", daemon.log(), broker.log());
         let lines = notify.drain_timed(Duration::from_millis(100));
         pings.extend(lines.into_iter().filter(|(_, l)| l == "WATCHDOG=1").map(|(at, _)| at));
-        if daemon.log().contains("watchdog: making progress again") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no stall and recovery:\n{}\nbroker:\n{}", daemon.log(), broker.log());
     }
-    // A healthy daemon pings every 10 ms; a stalled one withholds pings for as long as a job of
-    // 200,000 rows keeps the queue waiting (hundreds of ms in a test build).
+    // A healthy daemon pings every 10 ms; a stalled one withholds pings while jobs wait and none
+    // finishes (hundreds of ms per job in a test build).
     let longest_gap = pings.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap_or_default();
     assert!(
         longest_gap >= Duration::from_millis(100),
@@ -160,6 +162,7 @@ fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
     });
     let log = daemon.log();
     assert!(log.contains("stalled=[\"digits\"]"), "{log}");
+    assert!(log.contains("watchdog: making progress again"), "{log}");
 }
 
 /// The shipped unit, pointed at the built binary, verifies clean and scores <= 2.0 in
