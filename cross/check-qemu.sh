@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Proves an ARM build computes the same answers as x86: runs dist/TARGET/edgeinfer under qemu-user
+# on every shipped model's golden inputs, once per board CPU, compares with onnxruntime's outputs
+# (and the x86 edgeinfer's, when one is built), then does one MQTT round trip with the ARM daemon
+# against a private mosquitto on a free loopback port.
+#
+#   cross/check-qemu.sh aarch64-unknown-linux-gnu
+#   cross/check-qemu.sh armv7-unknown-linux-gnueabihf
+#
+# The ARM binary is built first (cross/build.sh) when dist/TARGET/edgeinfer is missing.
+# Board CPUs: qemu's default CPU ("max") would run tract's SVE kernels, which no Pi has, so every
+# check names the CPU: cortex-a53 (Pi 3, Zero 2 W), cortex-a72 (Pi 4), cortex-a76 (Pi 5) for
+# aarch64; cortex-a7 (Pi 2) and cortex-a15 for armv7.
+#
+# Needs: qemu-user-static, the target's libc (libc6-dev-arm64-cross / libc6-dev-armhf-cross),
+# python3, mosquitto and mosquitto-clients. Times under qemu say nothing about speed on a board.
+set -euo pipefail
+
+target=${1:-}
+case "$target" in
+aarch64-unknown-linux-gnu)
+    qemu=qemu-aarch64-static
+    sysroot=/usr/aarch64-linux-gnu
+    cpus=(cortex-a53 cortex-a72 cortex-a76)
+    ;;
+armv7-unknown-linux-gnueabihf)
+    qemu=qemu-arm-static
+    sysroot=/usr/arm-linux-gnueabihf
+    cpus=(cortex-a7 cortex-a15)
+    ;;
+*)
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+start=$(date +%s)
+for tool in "$qemu" python3 mosquitto mosquitto_sub mosquitto_rr; do
+    command -v "$tool" >/dev/null || {
+        echo "cross/check-qemu.sh: $tool is missing (apt-get install qemu-user-static python3 mosquitto mosquitto-clients)" >&2
+        exit 1
+    }
+done
+[ -d "$sysroot/lib" ] || {
+    echo "cross/check-qemu.sh: no target libc at $sysroot (apt-get install libc6-dev-${sysroot#/usr/}-cross)" >&2
+    exit 1
+}
+
+arm_bin=$root/dist/$target/edgeinfer
+[ -x "$arm_bin" ] || cross/build.sh "$target"
+x86_bin=
+for candidate in target/release/edgeinfer target/debug/edgeinfer; do
+    if [ -x "$candidate" ]; then
+        x86_bin=$root/$candidate
+        break
+    fi
+done
+
+work=$(mktemp -d)
+broker_pid=
+daemon_pid=
+cleanup() {
+    [ -n "$daemon_pid" ] && kill -9 "$daemon_pid" 2>/dev/null
+    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+run_arm() {
+    local cpu=$1
+    shift
+    QEMU_CPU=$cpu "$qemu" -L "$sysroot" "$arm_bin" "$@"
+}
+
+echo "== $target: $(file -b "$arm_bin" | cut -d, -f1-2), $(stat -c %s "$arm_bin") bytes"
+echo "== x86 reference: ${x86_bin:-none built (comparing with onnxruntime's goldens only)}"
+
+failed=0
+echo "== every model in models/ loads (qemu -cpu ${cpus[0]})"
+if run_arm "${cpus[0]}" models --models models >"$work/models.json"; then
+    echo "  ok   $(python3 -c 'import json, sys; print(", ".join(m["name"] for m in json.load(sys.stdin)))' <"$work/models.json")"
+else
+    failed=1
+fi
+
+for model_dir in models/*/; do
+    model=$(basename "$model_dir")
+    python3 cross/golden.py request "$model" >"$work/$model-request.json" 2>/dev/null || continue
+    x86_json=
+    if [ -n "$x86_bin" ]; then
+        "$x86_bin" infer "$model" --models models --input "$work/$model-request.json" >"$work/$model-x86.json"
+        x86_json=$work/$model-x86.json
+    fi
+    for cpu in "${cpus[@]}"; do
+        echo "== $model under qemu -cpu $cpu"
+        run_arm "$cpu" infer "$model" --models models --input "$work/$model-request.json" >"$work/$model-$cpu.json"
+        python3 cross/golden.py compare "$model" "$work/$model-$cpu.json" $x86_json || failed=1
+    done
+done
+
+# The pack models (models/fetch.py) with random weights: the light zoo files' constant weights
+# would make any two engines agree.
+for golden in tests/fixtures/*_random_golden.json; do
+    model=$(basename "$golden" _random_golden.json)
+    if [ ! -f "target/pack-random/$model/model.onnx" ]; then
+        echo "== $model: no random-weight copy in target/pack-random (python3 models/fetch.py); skipped"
+        continue
+    fi
+    input=tests/fixtures/${model}_random_input.npy
+    x86_json=
+    if [ -n "$x86_bin" ]; then
+        "$x86_bin" infer "$model" --models target/pack-random --input "$input" >"$work/$model-x86.json"
+        x86_json=$work/$model-x86.json
+    fi
+    for cpu in "${cpus[@]}"; do
+        echo "== $model (random weights) under qemu -cpu $cpu"
+        run_arm "$cpu" infer "$model" --models target/pack-random --input "$input" >"$work/$model-$cpu.json"
+        python3 cross/golden.py compare-pack "$golden" "$work/$model-$cpu.json" $x86_json || failed=1
+    done
+done
+
+echo "== MQTT round trip: the ARM daemon (qemu -cpu ${cpus[-1]}) against a private mosquitto"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n' "$port" >"$work/mosquitto.conf"
+mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+broker_pid=$!
+device=qemu-check-$port
+RUST_LOG=info run_arm "${cpus[-1]}" serve --broker "mqtt://127.0.0.1:$port" --models models --device "$device" \
+    >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+
+status() { mosquitto_sub -p "$port" -t "edgeinfer/$device/status" -C 1 -W 2 2>/dev/null || true; }
+waited=0
+until status | grep -q '"online"'; do
+    waited=$((waited + 2))
+    if [ $waited -gt 180 ] || ! kill -0 "$daemon_pid" 2>/dev/null; then
+        echo "FAIL: the ARM daemon did not come online within ${waited}s:" >&2
+        cat "$work/daemon.log" >&2
+        exit 1
+    fi
+done
+echo "  ok   online: $(status)"
+
+reply=$(mosquitto_rr -p "$port" -t "edgeinfer/$device/models/digits/infer" -e "qemu-check/replies" -W 60 \
+    -m "$(cat models/digits/example-request.json)")
+echo "$reply" >"$work/reply.json"
+"${x86_bin:-$arm_bin}" infer digits --models models --input models/digits/example-request.json >"$work/reply-local.json" 2>/dev/null ||
+    run_arm "${cpus[-1]}" infer digits --models models --input models/digits/example-request.json >"$work/reply-local.json"
+if python3 cross/golden.py same "$work/reply.json" "$work/reply-local.json" 1e-5; then
+    echo "  ok   the MQTT reply equals a local inference on the example request"
+else
+    echo "FAIL: MQTT reply: $reply" >&2
+    failed=1
+fi
+
+kill -TERM "$daemon_pid"
+if wait "$daemon_pid"; then
+    echo "  ok   SIGTERM: exit 0, status $(status)"
+else
+    echo "FAIL: the ARM daemon exited with status $? on SIGTERM:" >&2
+    tail -20 "$work/daemon.log" >&2
+    failed=1
+fi
+daemon_pid=
+
+if [ $failed -ne 0 ]; then
+    echo "cross/check-qemu.sh: $target FAILED after $(($(date +%s) - start))s" >&2
+    exit 1
+fi
+echo "cross/check-qemu.sh: $target ok in $(($(date +%s) - start))s"
