@@ -160,6 +160,7 @@ def main():
         request = request_file(heavy, workdir)
         server = bench.serve(heavy)
         try:
+            time.sleep(3)  # the inference threads' own warm-up runs finish after "connected"
             idle = vm_rss_mb(server.proc.pid)
             sustainable = bench.loadgen(heavy, request, f"{heavy} sustainable", "--concurrency", 4, "--seconds",
                                         seconds)["throughput_per_s"]

@@ -354,7 +354,13 @@ async fn sigterm_publishes_stopped_and_exits_zero_and_a_crash_leaves_offline() {
     let status = daemon.terminate();
     assert!(status.success(), "exit status {status:?}; log:\n{}", daemon.log());
     let retained_status = retained(&broker, &format!("edgeinfer/{}/status", daemon.device)).unwrap();
-    assert_eq!(retained_status["state"], "stopped");
+    assert_eq!(
+        retained_status["state"],
+        "stopped",
+        "{retained_status}\ndaemon:\n{}\nbroker:\n{}",
+        daemon.log(),
+        broker.log()
+    );
 
     let mut crashed = Daemon::start(&broker, &digits_repository(), "");
     crashed.kill();

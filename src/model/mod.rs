@@ -329,7 +329,11 @@ impl Model {
             .collect()
     }
 
-    fn warm_up(&self) -> TractResult<TVec<TValue>> {
+    /// One run on zeros. At load it proves the model runs; each inference thread does it again
+    /// at start, so that its own scratch buffers (tract keeps them per thread) and allocator arena
+    /// exist before the first request: the first answers are not slower, and the RSS after start
+    /// is what the daemon needs when busy, not a fraction of it.
+    pub fn warm_up(&self) -> TractResult<TVec<TValue>> {
         self.run(self.zero_inputs(1)?)
     }
 }

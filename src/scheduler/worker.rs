@@ -32,6 +32,9 @@ struct Gathered {
 
 impl Worker {
     pub fn run(self) {
+        if let Err(e) = self.model.warm_up() {
+            tracing::error!(model = %self.model.name(), error = %format!("{e:#}"), "warm-up run failed in an inference thread");
+        }
         let mut next = None;
         loop {
             let first = match next.take() {
