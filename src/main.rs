@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     init_tracing();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`edgeinfer models | head`): nothing left to say.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("edgeinfer: {e:#}");
             ExitCode::FAILURE

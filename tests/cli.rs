@@ -148,3 +148,20 @@ fn batching_a_model_without_a_batch_dimension_fails_at_load_naming_the_key() {
     assert!(stderr.contains("serving.max_batch_size needs a batch dimension"), "{stderr}");
     assert!(stderr.contains("input \"pixels\" has shape [1, 64]"), "{stderr}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    // `edgeinfer infer ... | head -c 0`: the pipe is closed before the answer is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .args(["infer", "digits", "--input", "models/digits/example-request.json"])
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -53,18 +53,21 @@ struct Latency {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let result = measure(&args)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        outln!("{}", serde_json::to_string_pretty(&result)?)?;
     } else {
         let l = &result.single_thread;
-        println!("model            {} (batch {})", result.model, result.batch);
-        println!("load+optimise    {:.1} ms", result.load_ms);
-        println!(
+        outln!("model            {} (batch {})", result.model, result.batch)?;
+        outln!("load+optimise    {:.1} ms", result.load_ms)?;
+        outln!(
             "latency, 1 thr   p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({} runs)",
-            l.p50_ms, l.p90_ms, l.p99_ms, l.runs
-        );
-        println!("throughput 1 thr {:.1} inferences/s", l.per_s);
-        println!("throughput {} thr {:.1} inferences/s", result.threads, result.throughput_per_s);
-        println!("peak RSS         {:.1} MB", result.peak_rss_mb);
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.runs
+        )?;
+        outln!("throughput 1 thr {:.1} inferences/s", l.per_s)?;
+        outln!("throughput {} thr {:.1} inferences/s", result.threads, result.throughput_per_s)?;
+        outln!("peak RSS         {:.1} MB", result.peak_rss_mb)?;
     }
     Ok(())
 }

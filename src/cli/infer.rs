@@ -44,8 +44,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let shown = decode_reply(&reply.payload, reply.header_len)?;
     match reply.header_len {
         // JSON replies are printed as they came, field order included.
-        None => println!("{}", String::from_utf8_lossy(&reply.payload)),
-        Some(_) => println!("{}", serde_json::to_string(&shown)?),
+        None => outln!("{}", String::from_utf8_lossy(&reply.payload))?,
+        Some(_) => outln!("{}", serde_json::to_string(&shown)?)?,
     }
     Ok(())
 }

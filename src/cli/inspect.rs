@@ -16,7 +16,7 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let inspection = edgeinfer::model::inspect::inspect(&args.file)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&inspection)?);
+        outln!("{}", serde_json::to_string_pretty(&inspection)?)?;
     } else {
         print!("{inspection}");
     }

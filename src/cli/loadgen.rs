@@ -124,18 +124,23 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         anyhow::Ok(result)
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        outln!("{}", serde_json::to_string_pretty(&result)?)?;
     } else {
-        println!("mode        {} for {:.1} s", result.mode, result.seconds);
-        println!(
+        outln!("mode        {} for {:.1} s", result.mode, result.seconds)?;
+        outln!(
             "sent        {}  answered {}  ({:.1} answers/s)",
-            result.sent, result.answered, result.throughput_per_s
-        );
-        println!(
+            result.sent,
+            result.answered,
+            result.throughput_per_s
+        )?;
+        outln!(
             "latency     p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-            result.p50_ms, result.p90_ms, result.p99_ms, result.max_ms
-        );
-        println!("outcomes    {:?}", result.outcomes);
+            result.p50_ms,
+            result.p90_ms,
+            result.p99_ms,
+            result.max_ms
+        )?;
+        outln!("outcomes    {:?}", result.outcomes)?;
     }
     Ok(())
 }

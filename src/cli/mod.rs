@@ -1,5 +1,14 @@
 //! Command-line definitions (clap) and one module per subcommand.
 
+/// `println!` that returns the write error instead of panicking, so that `edgeinfer models | head`
+/// ends quietly when the reader goes away (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 mod bench;
 mod infer;
 mod inspect;

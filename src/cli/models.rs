@@ -19,7 +19,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let dir = super::models_dir(args.models, args.config.as_ref())?;
     let (repository, failures) = ModelRepository::load(&dir)?;
     let metadata: Vec<_> = repository.models().map(|m| m.metadata().clone()).collect();
-    println!("{}", serde_json::to_string_pretty(&metadata)?);
+    outln!("{}", serde_json::to_string_pretty(&metadata)?)?;
     for failure in &failures {
         eprintln!("edgeinfer: {failure}");
     }
