@@ -40,12 +40,29 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Polls until the client sends DISCONNECT. Never returns because the broker is away.
+    /// Polls until the client has sent DISCONNECT and the broker has closed the connection.
+    /// Never returns because the broker is away.
     pub async fn run(mut self) {
         let mut backoff = self.backoff_min;
         let mut failures_in_a_row = 0u32;
+        let mut disconnecting = false;
         loop {
-            match self.eventloop.poll().await {
+            let event = self.eventloop.poll().await;
+            if disconnecting {
+                // After DISCONNECT, read until the broker closes: the acknowledgements of the last
+                // publishes (the final status among them) must find the socket open. Mosquitto
+                // before 2.0.22 treats a PUBACK it cannot send as a lost client and publishes the
+                // Last Will ("offline") over "stopped".
+                match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        tracing::warn!(topic = %String::from_utf8_lossy(&p.topic), "request arrived while stopping; not answered")
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                continue;
+            }
+            match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(broker = %self.broker, "connected to broker");
                     backoff = self.backoff_min;
@@ -73,7 +90,7 @@ impl Connection {
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                     self.connected.send_replace(false);
-                    break;
+                    disconnecting = true;
                 }
                 Ok(_) => {}
                 Err(e) => {
