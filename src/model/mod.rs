@@ -286,12 +286,13 @@ impl Model {
             .iter()
             .zip(rows)
             .map(|((id, prepared), rows)| {
+                let range = start..start + rows;
+                start = range.end;
                 let own = outputs
                     .iter()
-                    .map(|t| t.slice(0, start, start + rows))
+                    .map(|t| t.slice(0, range.start, range.end))
                     .collect::<TractResult<Vec<Tensor>>>()
                     .map_err(|e| AnswerError::Inference(format!("splitting the batch: {e:#}")))?;
-                start += rows;
                 self.encode(*id, &own.iter().collect::<Vec<_>>(), &prepared.outputs)
             })
             .collect()
