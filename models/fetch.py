@@ -9,10 +9,15 @@ with the pinned sha256 is left alone. What it writes (none of it is committed, s
 
   models/squeezenet/model.onnx   the onnx package's light_squeezenet.onnx, as shipped (served)
   models/resnet50/model.onnx     the onnx package's light_resnet50.onnx, as shipped (served)
-  models/.staged/...             PP-OCR (rapidocr-onnxruntime) and silero VAD (silero-vad) files that
-                                 edgeinfer cannot serve as they are yet (no model.toml, or tract
-                                 refuses them); the repository scan skips names starting with '.',
-                                 so `edgeinfer serve` never tries them
+  models/ppocr_rec/model.onnx    rapidocr-onnxruntime's ch_PP-OCRv4_rec_infer.onnx (served)
+  models/ppocr_rec/ppocr_keys.txt  its character dictionary, one per line, from the model's ONNX
+                                 metadata ("character"; needs the onnx package)
+  models/ppocr_cls/model.onnx    rapidocr-onnxruntime's ch_ppocr_mobile_v2.0_cls_infer.onnx (served)
+  models/silero_vad/model.onnx   silero-vad's silero_vad_16k_sequence.onnx (served)
+  models/.staged/...             the other files of those wheels, not served: the PP-OCRv4 detector
+                                 (ppocr_det/), rapidocr's config.yaml and the other silero VAD
+                                 variants (silero_vad/variants/); the repository scan skips names
+                                 starting with '.', so `edgeinfer serve` never tries them
   target/pack-random/<name>/     random-weight copies of squeezenet and resnet50 (models/randomize.py)
                                  with the model's model.toml: what tests/pack_models.rs compares with
                                  onnxruntime's goldens in tests/fixtures/<name>_random_*
@@ -67,20 +72,22 @@ FILES = [
      "770b0f3c8623e18bf58b53754d710051b4c268248422142980a132bbe6dfe908"),
     ("onnx", "onnx/backend/test/data/light/light_resnet50.onnx", "resnet50/model.onnx",
      "05e77a5c9c9ce0913f549a50d6ebaced5e0ff6817b61e09bae26e4c5bd9055e4"),
-    ("rapidocr", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", ".staged/ppocr_cls/model.onnx",
+    ("rapidocr", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr_cls/model.onnx",
      "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"),
-    ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", ".staged/ppocr_rec/model.onnx",
+    ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "ppocr_rec/model.onnx",
      "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"),
     ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", ".staged/ppocr_det/model.onnx",
      "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"),
     ("rapidocr", "rapidocr_onnxruntime/config.yaml", ".staged/ppocr_config.yaml",
      "bf94a1da4cba828e67b1d61e27cee14d9e7da27c9f272e04048a17e41ae97332"),
 ] + [
+    ("silero", "silero_vad/data/silero_vad_16k_sequence.onnx", "silero_vad/model.onnx",
+     "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85"),
+] + [
     ("silero", f"silero_vad/data/{name}", f".staged/silero_vad/variants/{name}", sha)
     for name, sha in [
         ("silero_vad.onnx", "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"),
         ("silero_vad_16k_op15.onnx", "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"),
-        ("silero_vad_16k_sequence.onnx", "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85"),
         ("silero_vad_half.onnx", "1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769"),
         ("silero_vad_op18_ifless.onnx", "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28"),
         ("silero_vad_openvino_16k.onnx", "7776b81ad1b0350c15d7f1555943b9232eb53e9ca5d989c6d0cea9ebc8664d87"),
@@ -89,8 +96,17 @@ FILES = [
 
 # PP-OCRv4 rec carries its character dictionary in the ONNX metadata ("character", one per line;
 # rapidocr reads it from there). Class 0 is the CTC blank, 1..6623 these lines, 6624 a space.
-REC_KEYS = (".staged/ppocr_rec/model.onnx", ".staged/ppocr_rec/ppocr_keys.txt",
+REC_KEYS = ("ppocr_rec/model.onnx", "ppocr_rec/ppocr_keys.txt",
             "a1c84d9bdb9ab29043c58896224d32941783eb821629618416dcb08f12886492")
+
+# Where earlier versions of this script put files that now live elsewhere (old path -> new path,
+# both under models/): moved on the next run instead of extracted again, so no stale copy is left.
+MOVED = {
+    ".staged/ppocr_rec/model.onnx": "ppocr_rec/model.onnx",
+    ".staged/ppocr_rec/ppocr_keys.txt": "ppocr_rec/ppocr_keys.txt",
+    ".staged/ppocr_cls/model.onnx": "ppocr_cls/model.onnx",
+    ".staged/silero_vad/variants/silero_vad_16k_sequence.onnx": "silero_vad/model.onnx",
+}
 
 # Random-weight copies for the numerical tests: (model, seed of models/randomize.py).
 RANDOM = [("squeezenet", 1), ("resnet50", 2)]
@@ -159,6 +175,26 @@ def extract(cache, wheel_key, member, dest, digest):
     print(f"fetch.py: {dest.relative_to(REPO)}: extracted from {path.name} ({dest.stat().st_size} bytes)")
 
 
+def move_old_layout():
+    """Moves the files an earlier layout left in models/.staged/ to where they live now (see MOVED)."""
+    digests = {dest: digest for _, _, dest, digest in FILES}
+    digests[REC_KEYS[1]] = REC_KEYS[2]
+    for old, new in MOVED.items():
+        old, new, digest = MODELS / old, MODELS / new, digests[new]
+        if not old.is_file():
+            continue
+        if valid(new, digest) or not valid(old, digest):
+            old.unlink()
+        else:
+            new.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old, new)
+            print(f"fetch.py: {new.relative_to(REPO)}: moved from {old.relative_to(REPO)}")
+        try:
+            old.parent.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
 def rec_keys():
     model, keys, digest = REC_KEYS
     src, dest = MODELS / model, MODELS / keys
@@ -214,6 +250,7 @@ def main():
     args = parser.parse_args()
     cache = Path(args.cache).expanduser()
 
+    move_old_layout()
     for wheel_key, member, dest, digest in FILES:
         dest = MODELS / dest
         if valid(dest, digest):
