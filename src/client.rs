@@ -40,6 +40,17 @@ pub enum ClientError {
 
 type Pending = Arc<Mutex<HashMap<Bytes, oneshot::Sender<Reply>>>>;
 
+/// What a request carries besides its payload.
+#[derive(Debug, Default, Clone)]
+pub struct RequestMeta {
+    /// The binary extension's JSON header length.
+    pub header_len: Option<usize>,
+    /// A media payload's Content Type (`image/png`, `audio/pcm;format=s16le;rate=16000`).
+    pub content_type: Option<String>,
+    /// A media request's parameters (`id`, `session`, `timeout_ms`, `outputs`).
+    pub user_properties: Vec<(String, String)>,
+}
+
 /// A connected requester.
 pub struct Requester {
     client: AsyncClient,
@@ -116,6 +127,18 @@ impl Requester {
         header_len: Option<usize>,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
+        self.request_with(topic, payload, RequestMeta { header_len, ..Default::default() }, timeout).await
+    }
+
+    /// Publishes one request with its properties (binary header length, media Content Type,
+    /// User Properties) and waits for its reply.
+    pub async fn request_with(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        meta: RequestMeta,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
         let correlation = Bytes::from(self.next_id.fetch_add(1, Ordering::Relaxed).to_be_bytes().to_vec());
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(correlation.clone(), tx);
@@ -125,9 +148,11 @@ impl Requester {
             message_expiry_interval: Some(timeout.as_secs().max(1) as u32),
             ..Default::default()
         };
-        if let Some(len) = header_len {
+        if let Some(len) = meta.header_len {
             props.user_properties.push((HEADER_LENGTH_PROPERTY.into(), len.to_string()));
         }
+        props.content_type = meta.content_type;
+        props.user_properties.extend(meta.user_properties);
         let sent = self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props).await;
         let result = match sent {
             Err(_) => Err(ClientError::Closed),

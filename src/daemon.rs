@@ -27,7 +27,7 @@ use crate::mqtt::options::{mqtt_options, SetupError};
 use crate::mqtt::publisher::{self, Command, Outgoing};
 use crate::mqtt::{status, Topics};
 use crate::scheduler::{PoolConfig, Scheduler};
-use crate::stats::Stats;
+use crate::stats::{Gauges, Stats};
 use crate::systemd;
 
 /// Requests read from the broker but not yet dispatched: kept small because each may be as large
@@ -115,7 +115,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     );
     let stats_message = {
         let (stats, scheduler, topic, device) = (stats.clone(), scheduler.clone(), topics.stats(), device.clone());
-        move || retained_message(topic.clone(), stats.to_json(&device, |model| scheduler.queued(model)))
+        let repository = repository.clone();
+        move || {
+            let gauges = |model: &str| Gauges {
+                queued: scheduler.queued(model),
+                sessions: repository.get(model).and_then(|m| m.sessions()),
+            };
+            retained_message(topic.clone(), stats.to_json(&device, gauges))
+        }
     };
     if config.requests.stats_interval_secs > 0 {
         let interval = Duration::from_secs(config.requests.stats_interval_secs);

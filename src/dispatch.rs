@@ -17,7 +17,7 @@ use crate::model::ModelRepository;
 use crate::mqtt::publisher::Command;
 use crate::mqtt::topics::{is_valid_reply_topic, Topics};
 use crate::protocol::request::{decode_request, header_length_from_properties, RequestIdentity};
-use crate::protocol::ErrorCode;
+use crate::protocol::{decode_media, ErrorCode};
 use crate::scheduler::{Job, Rejected, ReplyTo, Scheduler};
 use crate::stats::Stats;
 
@@ -77,11 +77,14 @@ impl Dispatcher {
             );
             return refuse(&RequestIdentity::default(), ErrorCode::TooLarge, &message);
         }
-        let header_len = match header_length_from_properties(&props.user_properties).transpose() {
-            Ok(len) => len,
-            Err(e) => return refuse(&RequestIdentity::default(), ErrorCode::BadRequest, &e.to_string()),
+        let decoded = match decode_media(props.content_type.as_deref(), &publish.payload, &props.user_properties) {
+            Some(media) => media,
+            None => match header_length_from_properties(&props.user_properties).transpose() {
+                Ok(header_len) => decode_request(&publish.payload, header_len),
+                Err(e) => return refuse(&RequestIdentity::default(), ErrorCode::BadRequest, &e.to_string()),
+            },
         };
-        let mut request = match decode_request(&publish.payload, header_len) {
+        let mut request = match decoded {
             Ok(request) => request,
             Err(failure) => {
                 if let Some(id) = &failure.identity.id {
@@ -102,7 +105,7 @@ impl Dispatcher {
             Ok(inputs) => inputs,
             Err(e) => return refuse(&identity, ErrorCode::BadRequest, &e.to_string()),
         };
-        let bytes: usize = inputs.inputs.iter().map(|t| t.as_bytes().len()).sum();
+        let bytes = inputs.queued_bytes();
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
         let Ok(budget) = self.budget.clone().try_acquire_many_owned(permits) else {
             let message =

@@ -6,7 +6,7 @@
 //! - [`protocol`]: Open Inference Protocol decode/encode, JSON and binary;
 //! - [`dispatch`]: a message becomes a checked job or an immediate error reply;
 //! - [`scheduler`]: bounded per-model queues and inference threads;
-//! - [`model`]: ONNX -> tract plan, the model repository, `inspect`;
+//! - [`model`]: ONNX -> tract plan, pre/post-processing and sessions, the model repository, `inspect`;
 //!
 //! with [`daemon`] wiring them together, [`config`] for the settings, [`stats`] for the request
 //! counts operators read, [`systemd`] for the service manager and [`client`] for callers.
@@ -21,3 +21,4 @@ pub mod protocol;
 pub mod scheduler;
 pub mod stats;
 pub mod systemd;
+pub mod tensors;

@@ -31,14 +31,15 @@ impl Counters {
         self.errors[code as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self, queued: Option<usize>) -> ModelSnapshot {
+    fn snapshot(&self, gauges: Gauges) -> ModelSnapshot {
         let errors: BTreeMap<&'static str, u64> = ErrorCode::ALL
             .iter()
             .map(|&code| (code.as_str(), self.errors[code as usize].load(Ordering::Relaxed)))
             .filter(|&(_, n)| n > 0)
             .collect();
         let answered = self.answered.load(Ordering::Relaxed);
-        ModelSnapshot { requests: answered + errors.values().sum::<u64>(), answered, errors, queued }
+        let requests = answered + errors.values().sum::<u64>();
+        ModelSnapshot { requests, answered, errors, queued: gauges.queued, sessions: gauges.sessions }
     }
 }
 
@@ -57,6 +58,17 @@ struct ModelSnapshot {
     errors: BTreeMap<&'static str, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queued: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<usize>,
+}
+
+/// A model's current levels, read when the stats are published.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    /// Requests waiting in the model's queue.
+    pub queued: Option<usize>,
+    /// Live streaming sessions (models with `[session]`).
+    pub sessions: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -83,13 +95,13 @@ impl Stats {
         self.models.get(model).unwrap_or(&self.other).clone()
     }
 
-    /// The JSON published at the stats topic; `queued` gives each model's current queue length.
-    pub fn to_json(&self, device: &str, queued: impl Fn(&str) -> Option<usize>) -> Vec<u8> {
+    /// The JSON published at the stats topic; `gauges` gives each model's current levels.
+    pub fn to_json(&self, device: &str, gauges: impl Fn(&str) -> Gauges) -> Vec<u8> {
         let snapshot = Snapshot {
             device,
             uptime_secs: self.started.elapsed().as_secs(),
-            models: self.models.iter().map(|(name, c)| (name.as_str(), c.snapshot(queued(name)))).collect(),
-            other: self.other.snapshot(None),
+            models: self.models.iter().map(|(name, c)| (name.as_str(), c.snapshot(gauges(name)))).collect(),
+            other: self.other.snapshot(Gauges::default()),
         };
         serde_json::to_vec(&snapshot).expect("stats serialise")
     }
@@ -108,11 +120,13 @@ mod tests {
         digits.refused(ErrorCode::Busy);
         stats.for_model("nope").refused(ErrorCode::UnknownModel);
         stats.for_model("other-nope").refused(ErrorCode::UnknownModel);
-        let v: serde_json::Value = serde_json::from_slice(&stats.to_json("pi", |_| Some(3))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&stats.to_json("pi", |_| Gauges { queued: Some(3), sessions: Some(2) })).unwrap();
         assert_eq!(v["models"]["digits"]["requests"], 3);
         assert_eq!(v["models"]["digits"]["answered"], 2);
         assert_eq!(v["models"]["digits"]["errors"]["busy"], 1);
         assert_eq!(v["models"]["digits"]["queued"], 3);
+        assert_eq!(v["models"]["digits"]["sessions"], 2);
         assert_eq!(v["other"]["errors"]["unknown_model"], 2);
         assert_eq!(v["models"].as_object().unwrap().len(), 1);
     }

@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 use edgeinfer::model::ModelRepository;
 use serde::Serialize;
+use tract_core::prelude::{IntoTValue, Tensor};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -24,6 +26,10 @@ pub struct BenchArgs {
     /// Batch size for inputs whose first dimension is -1
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// A PNG or JPEG for a model with image pre-processing: decoding, resizing and scaling it are
+    /// timed as a phase of their own, and the engine phases run on the prepared image
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
@@ -35,6 +41,8 @@ struct BenchResult {
     model: String,
     batch: usize,
     load_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preprocess: Option<Latency>,
     single_thread: Latency,
     threads: usize,
     throughput_per_s: f64,
@@ -58,6 +66,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let l = &result.single_thread;
         outln!("model            {} (batch {})", result.model, result.batch)?;
         outln!("load+optimise    {:.1} ms", result.load_ms)?;
+        if let Some(p) = &result.preprocess {
+            outln!(
+                "image decode+resize+scale, 1 thr  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({} runs)",
+                p.p50_ms,
+                p.p90_ms,
+                p.p99_ms,
+                p.runs
+            )?;
+        }
         outln!(
             "latency, 1 thr   p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({} runs)",
             l.p50_ms,
@@ -76,8 +93,29 @@ fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let started = Instant::now();
     let model = ModelRepository::load_one(&args.models, &args.model)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let inputs = model.zero_inputs(args.batch)?;
+    let mut inputs = model.zero_inputs(args.batch)?;
     let phase = Duration::from_secs_f64(args.seconds);
+
+    let mut preprocess = None;
+    if let Some(path) = &args.image {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let Some(first) = model.preprocess_image(&bytes) else {
+            anyhow::bail!("model \"{}\" has no image pre-processing ([preprocess] kind = \"image\")", args.model);
+        };
+        let prepared = first?;
+        let mut samples = Vec::new();
+        let begin = Instant::now();
+        while begin.elapsed() < phase {
+            let t = Instant::now();
+            model.preprocess_image(&bytes).expect("checked above")?;
+            samples.push(t.elapsed());
+        }
+        preprocess = Some(latency(&mut samples, begin.elapsed()));
+        let name = model.metadata().preprocess.as_ref().and_then(|p| p["input"].as_str()).unwrap_or_default();
+        let input = model.metadata().inputs.iter().position(|i| i.name == name).expect("the preprocess input");
+        let stacked: Vec<&Tensor> = (0..args.batch).map(|_| &prepared).collect();
+        inputs[input] = Tensor::stack_tensors(0, &stacked)?.into_tvalue();
+    }
 
     let mut samples = Vec::new();
     let begin = Instant::now();
@@ -111,6 +149,7 @@ fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         model: args.model.clone(),
         batch: args.batch,
         load_ms,
+        preprocess,
         single_thread: Latency { per_s: single_thread.per_s * args.batch as f64, ..single_thread },
         threads,
         throughput_per_s,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use edgeinfer::model::{Model, ModelRepository};
 use edgeinfer::protocol::request::RequestIdentity;
-use edgeinfer::protocol::{decode_reply, decode_request, DataType, InferRequest, InputTensor};
+use edgeinfer::protocol::{decode_reply, decode_request, DataType, InferRequest, InputTensor, Media};
 use ndarray_npy::ReadNpyExt;
 use tract_core::prelude::{Datum, Tensor};
 
@@ -22,7 +22,8 @@ pub struct InferArgs {
     /// Config file whose models.repository to use
     #[arg(long, short = 'c', env = "EDGEINFER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// An OIP JSON request, or a .npy array for a single-input model [default: stdin, JSON]
+    /// An OIP JSON request; a .npy array for a single-input model; a .png/.jpg image or a .wav
+    /// recording (16-bit mono) for a model with [preprocess] [default: stdin, JSON]
     #[arg(long, short = 'i', value_name = "FILE")]
     input: Option<PathBuf>,
 }
@@ -30,10 +31,20 @@ pub struct InferArgs {
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let dir = super::models_dir(args.models, args.config.as_ref())?;
     let model = ModelRepository::load_one(&dir, &args.model)?;
-    let mut request = match &args.input {
-        Some(path) if path.extension().is_some_and(|e| e == "npy") => npy_request(&model, path)?,
-        Some(path) => json_request(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?,
-        None => {
+    let extension = args.input.as_ref().and_then(|p| p.extension()).map(|e| e.to_string_lossy().to_lowercase());
+    let mut request = match (&args.input, extension.as_deref()) {
+        (Some(path), Some("npy")) => npy_request(&model, path)?,
+        (Some(path), Some("png" | "jpg" | "jpeg")) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            media_request(Media::Image(bytes))
+        }
+        (Some(path), Some("wav")) => {
+            // A whole recording: its last frame is padded with silence, as a streaming client would.
+            let frame = model.metadata().preprocess.as_ref().and_then(|p| p["frame"].as_u64()).unwrap_or(1);
+            media_request(wav_samples(path, frame as usize)?)
+        }
+        (Some(path), _) => json_request(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?,
+        (None, _) => {
             let mut bytes = Vec::new();
             std::io::stdin().read_to_end(&mut bytes).context("reading the request from stdin")?;
             json_request(&bytes)?
@@ -48,6 +59,42 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         Some(_) => outln!("{}", serde_json::to_string(&shown)?)?,
     }
     Ok(())
+}
+
+fn media_request(media: Media) -> InferRequest {
+    InferRequest {
+        identity: RequestIdentity::default(),
+        inputs: Vec::new(),
+        outputs: None,
+        binary_outputs: false,
+        timeout: None,
+        session: None,
+        media: Some(media),
+    }
+}
+
+/// A WAV file's samples, which must be 16-bit PCM mono, zero-padded to a whole number of
+/// `frame`s; the rate goes along to be checked.
+fn wav_samples(path: &Path, frame: usize) -> anyhow::Result<Media> {
+    let reader = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec = reader.spec();
+    if spec.channels != 1 || spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
+        anyhow::bail!(
+            "{}: {} channel(s), {} bit {:?}; send 16-bit PCM mono (sox in.wav -c 1 -b 16 out.wav)",
+            path.display(),
+            spec.channels,
+            spec.bits_per_sample,
+            spec.sample_format
+        );
+    }
+    let mut samples = reader.into_samples::<i16>().collect::<Result<Vec<i16>, _>>()?;
+    samples.resize(samples.len().div_ceil(frame.max(1)) * frame.max(1), 0);
+    let len = samples.len();
+    Ok(Media::Audio {
+        samples: Tensor::from_shape(&[len], &samples)?,
+        datatype: DataType::Int16,
+        rate: Some(spec.sample_rate),
+    })
 }
 
 fn json_request(bytes: &[u8]) -> anyhow::Result<InferRequest> {
@@ -88,5 +135,7 @@ fn npy_request(model: &Model, path: &Path) -> anyhow::Result<InferRequest> {
         outputs: None,
         binary_outputs: false,
         timeout: None,
+        session: None,
+        media: None,
     })
 }

@@ -90,7 +90,9 @@ fn try_load(name: &str, file: &Path, dir: &Path) -> Result<ModelMetadata, LoadFa
     } else {
         ModelManifest::default()
     };
-    Model::from_onnx(name, file, &manifest, None).map(|m| m.metadata().clone()).map_err(|e| failure(e.to_string()))
+    Model::from_onnx(name, file, &manifest, None, None)
+        .map(|m| m.metadata().clone())
+        .map_err(|e| failure(e.to_string()))
 }
 
 fn hint_for(error: &str) -> Option<&'static str> {
@@ -99,7 +101,9 @@ fn hint_for(error: &str) -> Option<&'static str> {
     } else if error.contains("If") && (error.contains("branch") || error.contains("unify")) {
         Some(
             "an ONNX If node has then/else branches of different shapes; tract needs the condition known when \
-              loading. Fixing the input that decides it (for example a sample rate) as a constant can fold the If away",
+              loading. Fixing the input that decides it (for example a sample rate) as a constant can fold the If \
+              away: in model.toml next to model.onnx, [[inputs]] name = \"sr\", datatype = \"INT64\", shape = [], \
+              value = [16000]",
         )
     } else if error.contains("Impossible to unify") {
         Some("shapes declared inside the ONNX file contradict the input shapes; check the input shape in model.toml")

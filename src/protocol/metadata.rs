@@ -25,6 +25,15 @@ pub struct ModelMetadata {
     /// Class labels, in output order, where the model has a labels file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// The model's `[preprocess]` (what payloads it takes besides tensors: images, audio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<serde_json::Value>,
+    /// The model's `[postprocess]` (which outputs are computed answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postprocess: Option<serde_json::Value>,
+    /// The model's `[session]`: requests carry `parameters.session` to continue a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<serde_json::Value>,
 }
 
 /// The platform string for every model served here: ONNX executed by tract.

@@ -11,9 +11,10 @@ use std::time::Duration;
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tract_core::prelude::{f16, Datum, Tensor};
+use tract_core::prelude::{f16, Blob, Datum, Tensor};
 
 use super::datatype::DataType;
+use crate::tensors::tensor_of;
 
 #[cfg(target_endian = "big")]
 compile_error!("the binary tensor extension is little-endian; big-endian hosts are not supported");
@@ -32,6 +33,11 @@ pub struct InferRequest {
     pub binary_outputs: bool,
     /// `parameters.timeout_ms`: how long the client will wait for the answer.
     pub timeout: Option<Duration>,
+    /// `parameters.session`: the stream this request continues, for models with `[session]`.
+    pub session: Option<String>,
+    /// An image file or audio samples sent as the whole payload (MQTT Content Type), for the
+    /// model's `[preprocess]` input.
+    pub media: Option<super::media::Media>,
 }
 
 /// What is needed to answer a request, even one that failed to decode.
@@ -71,8 +77,8 @@ pub enum DecodeError {
     DuplicateInput(String),
     #[error("input \"{name}\": {source}")]
     UnknownDataType { name: String, source: super::datatype::UnknownDataType },
-    #[error("input \"{0}\": BYTES tensors are not supported by numeric models; send a numeric datatype")]
-    BytesUnsupported(String),
+    #[error("input \"{0}\": BYTES elements are each a 4-byte little-endian length and that many bytes; {1}")]
+    BadBytes(String, String),
     #[error("input \"{name}\": shape {shape:?} is too large")]
     ShapeOverflow { name: String, shape: Vec<u64> },
     #[error("input \"{name}\": has neither \"data\" nor parameters.binary_data_size")]
@@ -91,6 +97,8 @@ pub enum DecodeError {
     HeaderLengthTooLarge { header: usize, payload: usize },
     #[error("user property {HEADER_LENGTH_PROPERTY} must be a byte count, got \"{0}\"")]
     BadHeaderLength(String),
+    #[error("{0}")]
+    Media(String),
 }
 
 /// A request that could not be decoded, with whatever identity could be recovered for the reply.
@@ -106,25 +114,36 @@ pub fn parse_header_length(value: &str) -> Result<usize, DecodeError> {
 }
 
 /// Decodes a request payload. `header_len` is the binary extension's JSON header length, when the
-/// message carried one; without it the whole payload is JSON.
+/// message carried one (MQTT v5 user property). Without it, the JSON header ends where its object
+/// closes: binary data may follow directly, so MQTT 3.1.1 clients can send binary tensors too.
 pub fn decode_request(payload: &[u8], header_len: Option<usize>) -> Result<InferRequest, DecodeFailure> {
-    let (header, binary) = match header_len {
+    let malformed = |header: &[u8], e: serde_json::Error| DecodeFailure {
+        identity: recover_identity(header),
+        error: DecodeError::MalformedJson(e.to_string()),
+    };
+    let (raw, header, binary): (RawRequest<'_>, _, _) = match header_len {
         Some(len) if len > payload.len() => {
             return Err(DecodeFailure {
                 identity: RequestIdentity::default(),
                 error: DecodeError::HeaderLengthTooLarge { header: len, payload: payload.len() },
             })
         }
-        Some(len) => payload.split_at(len),
-        None => (payload, &[][..]),
-    };
-    let raw: RawRequest<'_> = match serde_json::from_slice(header) {
-        Ok(raw) => raw,
-        Err(e) => {
-            return Err(DecodeFailure {
-                identity: recover_identity(header),
-                error: DecodeError::MalformedJson(e.to_string()),
-            })
+        Some(len) => {
+            let (header, binary) = payload.split_at(len);
+            (serde_json::from_slice(header).map_err(|e| malformed(header, e))?, header, binary)
+        }
+        None => {
+            let mut stream = serde_json::Deserializer::from_slice(payload).into_iter::<RawRequest<'_>>();
+            let raw = match stream.next() {
+                Some(Ok(raw)) => raw,
+                Some(Err(e)) => return Err(malformed(payload, e)),
+                None => return Err(malformed(payload, serde_json::from_slice::<()>(b"").unwrap_err())),
+            };
+            let (header, rest) = payload.split_at(stream.byte_offset());
+            let claims_binary = raw.inputs.iter().any(|i| i.parameters.binary_data_size.is_some());
+            // Without binary inputs only whitespace may follow the JSON, as in a plain JSON payload.
+            let binary = if claims_binary || !rest.iter().all(u8::is_ascii_whitespace) { rest } else { &[][..] };
+            (raw, header, binary)
         }
     };
     let identity = raw.identity();
@@ -203,6 +222,8 @@ struct RequestParameters {
     timeout_ms: Option<u64>,
     #[serde(default)]
     binary_data_output: Option<bool>,
+    #[serde(default, deserialize_with = "id_string")]
+    session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -268,17 +289,21 @@ impl RawRequest<'_> {
             outputs,
             binary_outputs: self.parameters.binary_data_output.unwrap_or(false),
             timeout: self.parameters.timeout_ms.map(Duration::from_millis),
+            session: self.parameters.session,
+            media: None,
         })
     }
 }
 
 impl RawInput<'_> {
     fn into_tensor(self, header_len: usize, binary: &[u8], offset: &mut usize) -> Result<InputTensor, DecodeError> {
-        let name = self.name;
         let datatype: DataType =
-            self.datatype.parse().map_err(|source| DecodeError::UnknownDataType { name: name.clone(), source })?;
-        let element_size = datatype.element_size().ok_or_else(|| DecodeError::BytesUnsupported(name.clone()))?;
-        let shape = checked_shape(&name, &self.shape)?;
+            self.datatype.parse().map_err(|source| DecodeError::UnknownDataType { name: self.name.clone(), source })?;
+        let shape = checked_shape(&self.name, &self.shape)?;
+        let Some(element_size) = datatype.element_size() else {
+            return self.into_bytes_tensor(shape, binary, offset);
+        };
+        let name = self.name;
         let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let byte_len = count.and_then(|c| c.checked_mul(element_size));
         let (Some(count), Some(byte_len)) = (count, byte_len) else {
@@ -313,6 +338,83 @@ impl RawInput<'_> {
     }
 }
 
+impl RawInput<'_> {
+    /// A BYTES input (an encoded image, say): in JSON, an array of strings; in binary, each element
+    /// as a 4-byte little-endian length and its bytes (the Triton convention).
+    fn into_bytes_tensor(
+        self,
+        shape: Vec<usize>,
+        binary: &[u8],
+        offset: &mut usize,
+    ) -> Result<InputTensor, DecodeError> {
+        let name = self.name;
+        let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).filter(|&c| c <= 1 << 16);
+        let Some(count) = count else {
+            return Err(DecodeError::ShapeOverflow { name, shape: self.shape });
+        };
+        let elements: Vec<Blob> = if let Some(size) = self.parameters.binary_data_size {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            let end =
+                offset.checked_add(size).filter(|&end| end <= binary.len()).ok_or(DecodeError::BinaryTruncated {
+                    header: 0,
+                    needed: offset.saturating_add(size),
+                    available: binary.len(),
+                })?;
+            let mut bytes = &binary[*offset..end];
+            *offset = end;
+            let mut elements = Vec::with_capacity(count);
+            while !bytes.is_empty() {
+                let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+                    return Err(DecodeError::BadBytes(name, "the data ends inside a length".into()));
+                };
+                let len = u32::from_le_bytes(*len) as usize;
+                if len > rest.len() {
+                    return Err(DecodeError::BadBytes(
+                        name,
+                        format!("an element claims {len} bytes, {} remain", rest.len()),
+                    ));
+                }
+                elements.push(Blob::from_bytes(&rest[..len]).expect("a byte buffer"));
+                bytes = &rest[len..];
+            }
+            elements
+        } else if let Some(data) = self.data {
+            let strings: Vec<String> = serde_json::from_str(data.get()).map_err(|e| DecodeError::BadData {
+                name: name.clone(),
+                message: format!("BYTES data must be an array of strings: {}", clean_serde_message(&e)),
+            })?;
+            strings.iter().map(|s| Blob::from_bytes(s.as_bytes()).expect("a byte buffer")).collect()
+        } else {
+            return Err(DecodeError::NoData { name });
+        };
+        if elements.len() != count {
+            return Err(DecodeError::LengthMismatch { name, shape, expected: count, actual: elements.len() });
+        }
+        let tensor = tensor_of(&shape, elements).expect("count checked");
+        Ok(InputTensor { name, datatype: DataType::Bytes, tensor })
+    }
+}
+
+/// A tensor's bytes in the binary extension: raw little-endian values, or for BYTES (blobs and
+/// strings) each element as a 4-byte length and its bytes.
+pub fn binary_bytes(tensor: &Tensor) -> std::borrow::Cow<'_, [u8]> {
+    let prefixed = |parts: &mut dyn Iterator<Item = &[u8]>| {
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        std::borrow::Cow::Owned(out)
+    };
+    if let Ok(blobs) = crate::tensors::elements::<Blob>(tensor) {
+        return prefixed(&mut blobs.iter().map(|b| b.as_bytes()));
+    }
+    if let Ok(strings) = crate::tensors::elements::<String>(tensor) {
+        return prefixed(&mut strings.iter().map(|s| s.as_bytes()));
+    }
+    std::borrow::Cow::Borrowed(tensor.as_bytes())
+}
+
 fn checked_shape(name: &str, shape: &[u64]) -> Result<Vec<usize>, DecodeError> {
     shape
         .iter()
@@ -321,8 +423,13 @@ fn checked_shape(name: &str, shape: &[u64]) -> Result<Vec<usize>, DecodeError> {
         .map_err(|_| DecodeError::ShapeOverflow { name: name.to_string(), shape: shape.to_vec() })
 }
 
-fn tensor_from_le_bytes(name: &str, datatype: DataType, shape: &[usize], bytes: &[u8]) -> Result<Tensor, DecodeError> {
-    let dt = datatype.datum_type().ok_or_else(|| DecodeError::BytesUnsupported(name.to_string()))?;
+pub(super) fn tensor_from_le_bytes(
+    name: &str,
+    datatype: DataType,
+    shape: &[usize],
+    bytes: &[u8],
+) -> Result<Tensor, DecodeError> {
+    let dt = datatype.datum_type().expect("BYTES inputs are decoded apart");
     if datatype == DataType::Bool {
         if let Some(pos) = bytes.iter().position(|&b| b > 1) {
             return Err(DecodeError::BadData {
@@ -380,7 +487,7 @@ fn tensor_from_json(
         DataType::Fp16 => typed::<f16>(name, shape, count, data),
         DataType::Fp32 => typed::<f32>(name, shape, count, data),
         DataType::Fp64 => typed::<f64>(name, shape, count, data),
-        DataType::Bytes => Err(DecodeError::BytesUnsupported(name.to_string())),
+        DataType::Bytes => unreachable!("BYTES inputs are decoded apart"),
     }
 }
 
@@ -531,7 +638,7 @@ pub fn encode_binary_request(request: &InferRequest) -> (Vec<u8>, usize) {
                 "name": i.name,
                 "shape": i.tensor.shape(),
                 "datatype": i.datatype,
-                "parameters": {"binary_data_size": i.tensor.as_bytes().len()},
+                "parameters": {"binary_data_size": binary_bytes(&i.tensor).len()},
             })
         })
         .collect();
@@ -545,13 +652,16 @@ pub fn encode_binary_request(request: &InferRequest) -> (Vec<u8>, usize) {
     if let Some(timeout) = request.timeout {
         header["parameters"]["timeout_ms"] = (timeout.as_millis() as u64).into();
     }
+    if let Some(session) = &request.session {
+        header["parameters"]["session"] = session.as_str().into();
+    }
     if let Some(outputs) = &request.outputs {
         header["outputs"] = outputs.iter().map(|o| serde_json::json!({"name": o.name})).collect();
     }
     let mut payload = serde_json::to_vec(&header).expect("a JSON object serialises");
     let header_len = payload.len();
     for input in &request.inputs {
-        payload.extend_from_slice(input.tensor.as_bytes());
+        payload.extend_from_slice(&binary_bytes(&input.tensor));
     }
     (payload, header_len)
 }
@@ -711,6 +821,49 @@ mod tests {
         assert!(matches!(err.error, DecodeError::ShapeOverflow { .. }));
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1000000000],"datatype":"FP32","data":[1]}]}"#).unwrap_err();
         assert!(matches!(err.error, DecodeError::LengthMismatch { .. }));
+    }
+
+    #[test]
+    fn bytes_inputs_arrive_as_blobs_in_binary_and_json() {
+        let header =
+            r#"{"inputs":[{"name":"img","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":13}}]}"#;
+        let mut body = Vec::new();
+        for element in [&b"abc"[..], &b"\x00\xff"[..]] {
+            body.extend_from_slice(&(element.len() as u32).to_le_bytes());
+            body.extend_from_slice(element);
+        }
+        let (payload, len) = binary_payload(header, &body);
+        let request = decode_request(&payload, Some(len)).unwrap();
+        let blobs = crate::tensors::elements::<Blob>(&request.inputs[0].tensor).unwrap();
+        assert_eq!(request.inputs[0].datatype, DataType::Bytes);
+        assert_eq!(blobs.iter().map(|b| b.as_bytes().to_vec()).collect::<Vec<_>>(), [b"abc".to_vec(), vec![0, 255]]);
+        assert_eq!(binary_bytes(&request.inputs[0].tensor).as_ref(), &body[..]);
+
+        let json = decode(r#"{"inputs":[{"name":"t","shape":[1],"datatype":"BYTES","data":["hi"]}]}"#).unwrap();
+        assert_eq!(crate::tensors::elements::<Blob>(&json.inputs[0].tensor).unwrap()[0].as_bytes(), b"hi");
+
+        let (short, len) = binary_payload(
+            r#"{"inputs":[{"name":"img","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":6}}]}"#,
+            &[9, 0, 0, 0, 1, 2],
+        );
+        let err = decode_request(&short, Some(len)).unwrap_err().error;
+        assert!(err.to_string().contains("claims 9 bytes"), "{err}");
+    }
+
+    #[test]
+    fn without_a_header_length_binary_data_follows_the_json_object() {
+        let header =
+            r#"{"id":"v3","inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let mut payload = header.as_bytes().to_vec();
+        payload.extend_from_slice(&[1.5f32.to_le_bytes(), (-2f32).to_le_bytes()].concat());
+        let request = decode_request(&payload, None).unwrap();
+        assert_eq!(crate::tensors::elements::<f32>(&request.inputs[0].tensor).unwrap(), &[1.5, -2.0]);
+        // A plain JSON request may still end in whitespace; anything else after it is named.
+        assert!(decode("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}\n ").is_ok());
+        let err = decode("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}xyz")
+            .unwrap_err()
+            .error;
+        assert!(matches!(err, DecodeError::BinaryTrailing { extra: 3 }), "{err}");
     }
 
     #[test]

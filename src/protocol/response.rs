@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use tract_core::prelude::{f16, Datum, Tensor};
 
 use super::datatype::DataType;
+use super::request::binary_bytes;
 
 /// One output to send back, and whether it goes as raw bytes after the JSON header.
 #[derive(Debug)]
@@ -80,6 +81,8 @@ struct ResponseHeader<'a> {
     model_name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<&'a serde_json::Map<String, Value>>,
     outputs: Vec<OutputHeader<'a>>,
 }
 
@@ -130,41 +133,43 @@ impl Serialize for JsonData<'_> {
             DataType::Fp16 => seq::<S, f16, _>(s, t, |v| v.to_f32()),
             DataType::Fp32 => seq::<S, f32, _>(s, t, |v| *v),
             DataType::Fp64 => seq::<S, f64, _>(s, t, |v| *v),
-            DataType::Bytes => Err(serde::ser::Error::custom("BYTES outputs are not supported")),
+            DataType::Bytes => seq::<S, String, _>(s, t, |v| v.clone()),
         }
     }
 }
 
-/// Encodes a successful inference reply.
+/// Encodes a successful inference reply. `parameters` are the reply's own (a session's state, say).
 pub fn encode_response(
     model_name: &str,
     id: Option<&str>,
+    parameters: Option<&serde_json::Map<String, Value>>,
     outputs: &[OutputTensor<'_>],
 ) -> Result<EncodedReply, UnsupportedOutput> {
     let mut headers = Vec::with_capacity(outputs.len());
-    let mut binary_len = 0;
+    let mut binary = Vec::new();
     for out in outputs {
+        // BYTES outputs are strings (decoded text, labels); raw blobs never leave a model.
         let datatype = DataType::from_datum_type(out.tensor.datum_type())
-            .filter(|d| *d != DataType::Bytes)
             .ok_or_else(|| UnsupportedOutput { name: out.name.to_string(), datum: out.tensor.datum_type() })?;
         let (parameters, data) = if out.binary {
-            let size = out.tensor.as_bytes().len();
-            binary_len += size;
+            let bytes = binary_bytes(out.tensor);
+            let size = bytes.len();
+            binary.push(bytes);
             (Some(BinaryParameters { binary_data_size: size }), None)
         } else {
             (None, Some(JsonData(out.tensor, datatype)))
         };
         headers.push(OutputHeader { name: out.name, datatype, shape: out.tensor.shape(), parameters, data });
     }
-    let header = ResponseHeader { model_name, id, outputs: headers };
+    let header = ResponseHeader { model_name, id, parameters, outputs: headers };
     let mut payload = serde_json::to_vec(&header).expect("tensors of supported types serialise");
-    if binary_len == 0 {
+    if binary.is_empty() {
         return Ok(EncodedReply { payload, header_len: None });
     }
     let header_len = payload.len();
-    payload.reserve(binary_len);
-    for out in outputs.iter().filter(|o| o.binary) {
-        payload.extend_from_slice(out.tensor.as_bytes());
+    payload.reserve(binary.iter().map(|b| b.len()).sum());
+    for bytes in binary {
+        payload.extend_from_slice(&bytes);
     }
     Ok(EncodedReply { payload, header_len: Some(header_len) })
 }
@@ -221,7 +226,9 @@ pub fn decode_reply(payload: &[u8], header_len: Option<usize>) -> Result<Value, 
 }
 
 fn binary_to_json(datatype: DataType, bytes: &[u8]) -> Option<Value> {
-    let size = datatype.element_size()?;
+    let Some(size) = datatype.element_size() else {
+        return bytes_to_json(bytes);
+    };
     if !bytes.len().is_multiple_of(size) {
         return None;
     }
@@ -243,6 +250,19 @@ fn binary_to_json(datatype: DataType, bytes: &[u8]) -> Option<Value> {
     Some(Value::Array(values.collect()))
 }
 
+/// BYTES elements (4-byte length, then the bytes) as JSON strings, lossy where not UTF-8.
+fn bytes_to_json(mut bytes: &[u8]) -> Option<Value> {
+    let mut values = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let element = rest.get(..len)?;
+        values.push(Value::from(String::from_utf8_lossy(element).into_owned()));
+        bytes = &rest[len..];
+    }
+    Some(Value::Array(values))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +271,8 @@ mod tests {
     fn json_reply_carries_id_model_shape_and_data() {
         let t = Tensor::from_shape(&[1, 3], &[0.25f32, 0.5, 0.25]).unwrap();
         let reply =
-            encode_response("digits", Some("r1"), &[OutputTensor { name: "p", tensor: &t, binary: false }]).unwrap();
+            encode_response("digits", Some("r1"), None, &[OutputTensor { name: "p", tensor: &t, binary: false }])
+                .unwrap();
         assert_eq!(reply.header_len, None);
         let v: Value = serde_json::from_slice(&reply.payload).unwrap();
         assert_eq!(
@@ -264,7 +285,7 @@ mod tests {
     fn fp32_values_survive_json_exactly() {
         let values = [0.1f32, 1.0 / 3.0, 1e-30, 3.4028235e38, -0.0];
         let t = Tensor::from_shape(&[5], &values).unwrap();
-        let reply = encode_response("m", None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
+        let reply = encode_response("m", None, None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
         let v = decode_reply(&reply.payload, None).unwrap();
         let back: Vec<f32> =
             v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
@@ -278,6 +299,7 @@ mod tests {
         let reply = encode_response(
             "m",
             Some("x"),
+            None,
             &[
                 OutputTensor { name: "a", tensor: &a, binary: true },
                 OutputTensor { name: "b", tensor: &b, binary: false },
@@ -292,6 +314,29 @@ mod tests {
         let v = decode_reply(&reply.payload, Some(header_len)).unwrap();
         assert_eq!(v["outputs"][0]["data"], json!([1.5, -2.0]));
         assert_eq!(v["outputs"][1]["data"], json!([7, -8, 9]));
+    }
+
+    #[test]
+    fn strings_go_as_bytes_in_json_and_binary_with_the_reply_parameters() {
+        let text = crate::tensors::tensor_of(&[2], vec!["héllo".to_string(), String::new()]).unwrap();
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("session".into(), "s1".into());
+        let json = encode_response(
+            "ocr",
+            None,
+            Some(&parameters),
+            &[OutputTensor { name: "text", tensor: &text, binary: false }],
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&json.payload).unwrap();
+        assert_eq!(v["parameters"], json!({"session": "s1"}));
+        assert_eq!(v["outputs"][0], json!({"name":"text","datatype":"BYTES","shape":[2],"data":["héllo",""]}));
+        let binary =
+            encode_response("ocr", None, None, &[OutputTensor { name: "text", tensor: &text, binary: true }]).unwrap();
+        let header_len = binary.header_len.unwrap();
+        assert_eq!(binary.payload.len() - header_len, 4 + "héllo".len() + 4);
+        let back = decode_reply(&binary.payload, Some(header_len)).unwrap();
+        assert_eq!(back["outputs"][0]["data"], json!(["héllo", ""]));
     }
 
     #[test]

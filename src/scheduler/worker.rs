@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::{Inner, Job, Task};
-use crate::model::Model;
+use crate::model::{AnswerError, Model};
 use crate::mqtt::publisher::Command;
 use crate::protocol::ErrorCode;
 
@@ -135,6 +135,7 @@ impl Worker {
                     tracing::debug!(us = received.elapsed().as_micros() as u64, batch = size, "answered");
                     reply.result(encoded)
                 }
+                Err(AnswerError::Input(e)) => reply.error(id.as_deref(), name, ErrorCode::BadRequest, &e.to_string()),
                 Err(e) => reply.error(id.as_deref(), name, ErrorCode::Internal, &e.to_string()),
             });
         }

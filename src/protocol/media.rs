@@ -1,0 +1,179 @@
+//! Requests whose whole payload is an image file or audio samples, named by the MQTT v5 Content
+//! Type: what a camera or microphone gives, with no JSON around it. Request parameters travel
+//! as User Properties (`id`, `session`, `timeout_ms`, `outputs`).
+//!
+//! | Content Type | payload |
+//! |---|---|
+//! | `image/png`, `image/jpeg` | the file |
+//! | `audio/pcm;format=s16le;rate=16000` | mono samples, PCM16 little-endian (`format=f32le`: 32-bit floats) |
+
+use std::time::Duration;
+
+use tract_core::prelude::Tensor;
+
+use super::datatype::DataType;
+use super::request::{
+    tensor_from_le_bytes, DecodeError, DecodeFailure, InferRequest, RequestIdentity, RequestedOutput,
+};
+
+/// The payload of a media request.
+#[derive(Debug)]
+pub enum Media {
+    /// A PNG or JPEG file.
+    Image(Vec<u8>),
+    /// Mono samples, INT16 or FP32, shape [n]; `rate` when the Content Type named one.
+    Audio { samples: Tensor, datatype: DataType, rate: Option<u32> },
+}
+
+impl Media {
+    /// What the request sent, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Media::Image(_) => "an image",
+            Media::Audio { .. } => "audio samples",
+        }
+    }
+}
+
+/// Why a media request could not be read. Sent back to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("Content Type \"{0}\": format must be s16le or f32le")]
+    AudioFormat(String),
+    #[error("Content Type \"{0}\": rate must be a number of samples per second")]
+    AudioRate(String),
+    #[error("user property timeout_ms must be a whole number of milliseconds, got \"{0}\"")]
+    Timeout(String),
+    #[error(transparent)]
+    Samples(#[from] DecodeError),
+}
+
+/// `Some` when the Content Type names a media payload; `None` for everything else, which is then
+/// read as an Open Inference Protocol request.
+pub fn decode_media(
+    content_type: Option<&str>,
+    payload: &[u8],
+    user_properties: &[(String, String)],
+) -> Option<Result<InferRequest, DecodeFailure>> {
+    let content_type = content_type?.trim();
+    let mut parts = content_type.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or_default().to_ascii_lowercase();
+    let params: Vec<(String, &str)> = parts
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"')))
+        .collect();
+    let property =
+        |key: &str| user_properties.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone());
+    let identity = RequestIdentity { id: property("id"), reply_to: None };
+    let media = match essence.as_str() {
+        "image/png" | "image/jpeg" | "image/jpg" => Ok(Media::Image(payload.to_vec())),
+        "audio/pcm" => audio(content_type, &params, payload),
+        _ => return None,
+    };
+    let fail =
+        |error: MediaError| DecodeFailure { identity: identity.clone(), error: DecodeError::Media(error.to_string()) };
+    let media = match media {
+        Ok(media) => media,
+        Err(e) => return Some(Err(fail(e))),
+    };
+    let timeout = match property("timeout_ms").map(|v| v.trim().parse::<u64>().map_err(|_| MediaError::Timeout(v))) {
+        Some(Ok(ms)) => Some(Duration::from_millis(ms)),
+        Some(Err(e)) => return Some(Err(fail(e))),
+        None => None,
+    };
+    let outputs = property("outputs").map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|name| RequestedOutput { name: name.to_string(), binary: None })
+            .collect()
+    });
+    Some(Ok(InferRequest {
+        identity,
+        inputs: Vec::new(),
+        outputs,
+        binary_outputs: false,
+        timeout,
+        session: property("session"),
+        media: Some(media),
+    }))
+}
+
+fn audio(content_type: &str, params: &[(String, &str)], payload: &[u8]) -> Result<Media, MediaError> {
+    let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+    let datatype = match param("format").unwrap_or("s16le").to_ascii_lowercase().as_str() {
+        "s16le" => DataType::Int16,
+        "f32le" => DataType::Fp32,
+        _ => return Err(MediaError::AudioFormat(content_type.to_string())),
+    };
+    let rate = param("rate").map(|r| r.parse::<u32>().map_err(|_| MediaError::AudioRate(content_type.to_string())));
+    let rate = rate.transpose()?;
+    let size = datatype.element_size().expect("numeric");
+    if !payload.len().is_multiple_of(size) {
+        return Err(DecodeError::BadData {
+            name: "payload".into(),
+            message: format!("{} bytes is not a whole number of {size}-byte samples", payload.len()),
+        }
+        .into());
+    }
+    let samples = tensor_from_le_bytes("payload", datatype, &[payload.len() / size], payload)?;
+    Ok(Media::Audio { samples, datatype, rate })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_image_payload_carries_its_parameters_in_user_properties() {
+        let request = decode_media(
+            Some("image/png"),
+            b"\x89PNG...",
+            &props(&[("id", "cam-1"), ("timeout_ms", "250"), ("outputs", "labels, scores")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(request.identity.id.as_deref(), Some("cam-1"));
+        assert_eq!(request.timeout, Some(Duration::from_millis(250)));
+        let names: Vec<_> = request.outputs.unwrap().into_iter().map(|o| o.name).collect();
+        assert_eq!(names, ["labels", "scores"]);
+        assert!(matches!(request.media, Some(Media::Image(bytes)) if bytes == b"\x89PNG..."));
+    }
+
+    #[test]
+    fn audio_formats_and_rates_are_read_from_the_content_type() {
+        let pcm: Vec<u8> = [1i16, -2, 3].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let request =
+            decode_media(Some("audio/pcm; rate=16000"), &pcm, &props(&[("session", "mic")])).unwrap().unwrap();
+        assert_eq!(request.session.as_deref(), Some("mic"));
+        let Some(Media::Audio { samples, datatype, rate }) = request.media else { panic!("audio") };
+        assert_eq!((datatype, rate), (DataType::Int16, Some(16000)));
+        assert_eq!(crate::tensors::elements::<i16>(&samples).unwrap(), &[1, -2, 3]);
+
+        let floats: Vec<u8> = [0.5f32].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let request = decode_media(Some("audio/pcm;format=f32le"), &floats, &[]).unwrap().unwrap();
+        assert!(matches!(request.media, Some(Media::Audio { datatype: DataType::Fp32, rate: None, .. })));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = decode_media(Some("audio/pcm;format=u8"), b"ab", &[]).unwrap().unwrap_err();
+        assert!(err.error.to_string().contains("s16le or f32le"), "{}", err.error);
+        let err = decode_media(Some("audio/pcm"), b"abc", &[]).unwrap().unwrap_err();
+        assert!(err.error.to_string().contains("3 bytes"), "{}", err.error);
+        let err =
+            decode_media(Some("image/png"), b"x", &props(&[("id", "7"), ("timeout_ms", "soon")])).unwrap().unwrap_err();
+        assert_eq!(err.identity.id.as_deref(), Some("7"));
+        assert!(err.error.to_string().contains("timeout_ms"), "{}", err.error);
+    }
+
+    #[test]
+    fn other_content_types_are_protocol_requests() {
+        assert!(decode_media(Some("application/json"), b"{}", &[]).is_none());
+        assert!(decode_media(None, b"{}", &[]).is_none());
+    }
+}
