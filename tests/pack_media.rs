@@ -362,3 +362,78 @@ async fn ten_thousand_abandoned_sessions_stay_within_the_session_cap() {
         })
     });
 }
+
+/// silero's op18 "ifless" export decides on the sample rate with an `If` that tract can only fold
+/// when `sr` is a constant ([[inputs]] value) and the file's value_info is ignored; it runs one
+/// frame per call. With that model.toml it streams the same probabilities as the sequence export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silero_op18_with_a_constant_sample_rate_streams_like_the_sequence_export() {
+    let staged = shipped_models().join(".staged/silero_vad/variants/silero_vad_op18_ifless.onnx");
+    assert!(staged.is_file(), "{} is missing: {HOW}", staged.display());
+    let models = tempfile::tempdir().unwrap();
+    let dir = models.path().join("silero_op18");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&staged, dir.join("model.onnx")).unwrap();
+    let toml = r#"
+        ignore_value_info = true
+        [[inputs]]
+        name = "input"
+        datatype = "FP32"
+        shape = [1, 576]
+        [[inputs]]
+        name = "state"
+        datatype = "FP32"
+        shape = [2, 1, 128]
+        [[inputs]]
+        name = "sr"
+        datatype = "INT64"
+        shape = []
+        value = [16000]
+        [preprocess]
+        kind = "audio"
+        input = "input"
+        sample_rate = 16000
+        frame = 512
+        context = 64
+        [session]
+        state = [{ input = "state", output = "stateN" }]
+        [serving]
+        queue_capacity = 512
+    "#;
+    std::fs::write(dir.join("model.toml"), toml).unwrap();
+    let vad = fixture_json("vad.json");
+    let samples = wav_samples(&fixtures().join(vad["wav"].as_str().unwrap()));
+    let broker = Broker::start();
+    let daemon = Daemon::start(&broker, models.path(), "");
+    let mut client = V5Client::connect(&broker, &["replies/op18"]).await;
+
+    let want: Vec<f32> = vad["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["speech_probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap() as f32))
+        .collect();
+    let mut requests = Vec::new();
+    for (i, frame) in samples.chunks(512).enumerate() {
+        let mut pcm = frame.to_vec();
+        pcm.resize(512, 0);
+        let payload: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let id = format!("{i:04}");
+        let props = media_props("replies/op18", &id, "audio/pcm;rate=16000", &[("session", "op18")]);
+        requests.push((daemon.infer_topic("silero_op18"), id, payload, props));
+    }
+    assert_eq!(requests.len(), want.len());
+    let replies = ask_all(&mut client, requests).await;
+    let mut worst = 0f32;
+    for (i, w) in want.iter().enumerate() {
+        let got = output_data(&replies[&format!("{i:04}")], "output");
+        worst = worst.max((got[0] - w).abs());
+        assert!((got[0] - w).abs() <= 1e-4, "frame {i}: op18 {}, sequence export (onnxruntime) {w}", got[0]);
+    }
+    eprintln!("silero op18_ifless, {} frames: largest difference from the sequence export {worst:e}", want.len());
+    // The constant input is not part of the contract clients see.
+    let metadata = retained(&broker, &format!("edgeinfer/{}/models/silero_op18", daemon.device)).unwrap();
+    let inputs: Vec<&str> =
+        metadata["inputs"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(inputs, ["input"], "{metadata}");
+}

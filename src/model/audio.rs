@@ -11,13 +11,24 @@ use super::manifest::AudioDecl;
 pub enum AudioError {
     #[error("{samples} samples is not a whole number of {frame}-sample frames; send chunks of k * {frame} samples")]
     PartialFrame { samples: usize, frame: usize },
+    #[error("the model takes one {frame}-sample frame per request, this one has {samples} samples")]
+    OneFrame { samples: usize, frame: usize },
 }
 
 /// The rows for one chunk of samples. `context` holds the stream's last `decl.context` samples
 /// before this chunk (zeros at the start of a stream) and is advanced past it.
-pub fn frames(decl: &AudioDecl, samples: &[f32], context: &mut Vec<f32>) -> Result<Tensor, AudioError> {
+/// `one_frame`: the model's input has room for a single row.
+pub fn frames(
+    decl: &AudioDecl,
+    samples: &[f32],
+    context: &mut Vec<f32>,
+    one_frame: bool,
+) -> Result<Tensor, AudioError> {
     if samples.is_empty() || !samples.len().is_multiple_of(decl.frame) {
         return Err(AudioError::PartialFrame { samples: samples.len(), frame: decl.frame });
+    }
+    if one_frame && samples.len() != decl.frame {
+        return Err(AudioError::OneFrame { samples: samples.len(), frame: decl.frame });
     }
     context.resize(decl.context, 0.0);
     let rows = samples.len() / decl.frame;
@@ -51,11 +62,11 @@ mod tests {
     fn chunks_give_the_rows_of_the_whole_stream() {
         let d = decl(4, 2);
         let stream: Vec<f32> = (1..=16).map(|v| v as f32).collect();
-        let whole = frames(&d, &stream, &mut Vec::new()).unwrap();
+        let whole = frames(&d, &stream, &mut Vec::new(), false).unwrap();
         assert_eq!(whole.shape(), &[4, 6]);
         let mut context = Vec::new();
-        let first = frames(&d, &stream[..8], &mut context).unwrap();
-        let second = frames(&d, &stream[8..], &mut context).unwrap();
+        let first = frames(&d, &stream[..8], &mut context, false).unwrap();
+        let second = frames(&d, &stream[8..], &mut context, false).unwrap();
         let chunked: Vec<f32> = [first, second].iter().flat_map(|t| elements::<f32>(t).unwrap().to_vec()).collect();
         assert_eq!(chunked, elements::<f32>(&whole).unwrap());
         assert_eq!(&elements::<f32>(&whole).unwrap()[..6], &[0.0, 0.0, 1.0, 2.0, 3.0, 4.0]);
@@ -65,9 +76,11 @@ mod tests {
 
     #[test]
     fn partial_frames_are_refused() {
-        let err = frames(&decl(512, 64), &[0.0; 700], &mut Vec::new()).unwrap_err();
+        let err = frames(&decl(512, 64), &[0.0; 700], &mut Vec::new(), false).unwrap_err();
         assert!(err.to_string().contains("700 samples"), "{err}");
-        assert!(frames(&decl(512, 64), &[], &mut Vec::new()).is_err());
+        assert!(frames(&decl(512, 64), &[], &mut Vec::new(), false).is_err());
+        let err = frames(&decl(512, 64), &[0.0; 1024], &mut Vec::new(), true).unwrap_err();
+        assert!(err.to_string().contains("one 512-sample frame"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct ModelManifest {
     /// Output declarations, checked against the model at load time.
     #[serde(default)]
     pub outputs: Vec<TensorDecl>,
+    /// Ignore the ONNX file's intermediate shape annotations (`value_info`): some exporters write
+    /// ones that contradict the concrete input shapes, and tract works the shapes out itself.
+    #[serde(default)]
+    pub ignore_value_info: bool,
     /// How this model is served, where it differs from the daemon's `[requests]` settings.
     #[serde(default)]
     pub serving: ServingDecl,
@@ -518,6 +522,13 @@ mod tests {
     }
 
     #[test]
+    fn a_constant_input_becomes_a_tensor_of_its_datatype() {
+        let m = parse("[[inputs]]\nname = \"sr\"\ndatatype = \"INT64\"\nshape = []\nvalue = [16000]").unwrap().unwrap();
+        let t = m.inputs[0].constant().unwrap();
+        assert_eq!(t, tract_core::prelude::Tensor::from(16000i64));
+    }
+
+    #[test]
     fn processing_mistakes_name_the_key() {
         let cases = [
             ("[preprocess]\nkind = \"video\"\ninput = \"x\"", "video"),
@@ -527,6 +538,8 @@ mod tests {
             ("[postprocess]\nkind = \"ctc\"\noutput = \"p\"\ndictionary = \"/etc/passwd\"", "postprocess.dictionary"),
             ("[postprocess]\nkind = \"classify\"\noutput = \"p\"\ntop_k = 0", "postprocess.top_k"),
             ("[session]\nstate = []", "session.state"),
+            ("[[inputs]]\nname = \"sr\"\ndatatype = \"INT64\"\nshape = [2]\nvalue = [1]", "inputs[0] (sr).value"),
+            ("[[inputs]]\nname = \"sr\"\ndatatype = \"INT64\"\nshape = [-1]\nvalue = [1]", "inputs[0] (sr).value"),
             ("[session]\nstate = [{input = \"h\", output = \"hn\"}]\nmax_sessions = 0", "session.max_sessions"),
             ("[serving]\nworkers = 2\n[session]\nstate = [{input = \"h\", output = \"hn\"}]", "serving.workers"),
             (

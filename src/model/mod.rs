@@ -52,8 +52,16 @@ pub struct Model {
 
 /// `[preprocess]`, resolved against the graph: which input it fills, and how.
 enum Preprocess {
-    Image { input: usize, target: ImageTarget },
-    Audio { input: usize, decl: AudioDecl },
+    Image {
+        input: usize,
+        target: ImageTarget,
+    },
+    /// `one_frame`: the input is [1, context + frame] (a model that runs one frame per call).
+    Audio {
+        input: usize,
+        decl: AudioDecl,
+        one_frame: bool,
+    },
 }
 
 impl Preprocess {
@@ -212,6 +220,7 @@ impl Model {
         };
         let mut graph = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
+            .with_ignore_value_info(manifest.ignore_value_info)
             .model_for_path(onnx)
             .map_err(tract("parse the ONNX file"))?;
         let inputs = fix_inputs(name, &mut graph, manifest)?;
@@ -510,14 +519,14 @@ impl Model {
             (Some(Pending::Image(bytes)), Some(Preprocess::Image { input, target })) => {
                 prepared.inputs[*input] = target.tensor(&bytes).map_err(InputError::from)?.into_tvalue();
             }
-            (Some(Pending::Audio(samples)), Some(Preprocess::Audio { input, decl })) => {
+            (Some(Pending::Audio(samples)), Some(Preprocess::Audio { input, decl, one_frame })) => {
                 let mut scratch = Vec::new();
                 let context = match state {
                     Some(state) => &mut state.context,
                     None => &mut scratch,
                 };
                 prepared.inputs[*input] =
-                    audio::frames(decl, &samples, context).map_err(InputError::from)?.into_tvalue();
+                    audio::frames(decl, &samples, context, *one_frame).map_err(InputError::from)?.into_tvalue();
             }
             (Some(_), _) => unreachable!("prepare only leaves pending data for the model's own preprocess kind"),
         }
@@ -689,13 +698,14 @@ fn resolve_preprocess(
         }
         PreprocessDecl::Audio(decl) => {
             let width = (decl.context + decl.frame) as i64;
-            if spec.shape.len() != 2 || spec.shape[0] != -1 || spec.shape[1] != width {
+            if spec.shape.len() != 2 || !matches!(spec.shape[0], -1 | 1) || spec.shape[1] != width {
                 return Err(invalid(format!(
-                    "\"{}\" has shape {:?}; audio rows need [-1, context + frame] = [-1, {width}]",
+                    "\"{}\" has shape {:?}; audio rows need [-1, context + frame] = [-1, {width}] (or [1, {width}] \
+                     for one frame per request)",
                     spec.name, spec.shape
                 )));
             }
-            Preprocess::Audio { input, decl: decl.clone() }
+            Preprocess::Audio { input, decl: decl.clone(), one_frame: spec.shape[0] == 1 }
         }
     }))
 }
