@@ -136,6 +136,27 @@ for golden in tests/fixtures/*_random_golden.json; do
     done
 done
 
+# Real weights, real inputs: rendered text lines (PNG, JPEG, upside down) through the image
+# pre-processing and CTC decoding, and a synthesised recording through silero VAD
+# (tests/fixtures/pack, made by models/make_pack_goldens.py).
+if [ -f models/ppocr_rec/model.onnx ] && [ -f models/ppocr_cls/model.onnx ] && [ -f models/silero_vad/model.onnx ]; then
+    for cpu in "${cpus[@]}"; do
+        echo "== ppocr_rec, ppocr_cls and silero_vad under qemu -cpu $cpu"
+        while read -r index form file; do
+            for model in ppocr_rec ppocr_cls; do
+                [ "$model" = ppocr_rec ] && [ "$form" = png_180 ] && continue
+                out=$work/$model-$index-$form-$cpu.json
+                infer_arm "$cpu" "$out" "$model" --models models --input "$file" >/dev/null || failed=1
+                python3 cross/golden.py compare-ocr "$model" "$index" "$form" "$out" || failed=1
+            done
+        done < <(python3 cross/golden.py media-lines)
+        infer_arm "$cpu" "$work/vad-$cpu.json" silero_vad --models models --input tests/fixtures/pack/vad/speech.wav || failed=1
+        python3 cross/golden.py compare-vad "$work/vad-$cpu.json" || failed=1
+    done
+else
+    echo "== ppocr_rec, ppocr_cls, silero_vad: not fetched (python3 models/fetch.py); skipped"
+fi
+
 echo "== MQTT round trip: the ARM daemon (qemu -cpu ${cpus[-1]}) against a private mosquitto"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n' "$port" >"$work/mosquitto.conf"

@@ -14,6 +14,11 @@ CPU), so its answers are compared with a tolerance per output, stated here next 
                                                    value within 1e-5 of the output's largest
     golden.py same A.json B.json TOLERANCE         two responses: same id, outputs and shapes, values
                                                    within TOLERANCE
+    golden.py media-lines                          the OCR fixture lines check-qemu sends (index, file)
+    golden.py compare-ocr MODEL LINE FORM ARM.json the recogniser's text, or the direction classifier's
+                                                   label, equals onnxruntime's (tests/fixtures/pack/ocr.json)
+    golden.py compare-vad ARM.json                 silero_vad's probabilities for the whole WAV within
+                                                   1e-4 of onnxruntime's (tests/fixtures/pack/vad.json)
 
 Standard library only: this runs on any build machine with Python 3.
 """
@@ -134,6 +139,41 @@ def same(a_path, b_path, tolerance):
     return 0
 
 
+# A few OCR lines (short, long, digits) in each form, enough to see a kernel or decoder go wrong.
+OCR_LINES = (0, 5, 11)
+
+
+def media_lines():
+    lines = json.loads((FIXTURES / "pack" / "ocr.json").read_text())["lines"]
+    for index in OCR_LINES:
+        for form in ("png", "jpeg", "png_180"):
+            print(index, form, FIXTURES / "pack" / lines[index][form])
+
+
+def compare_ocr(model, index, form, arm_path):
+    line = json.loads((FIXTURES / "pack" / "ocr.json").read_text())["lines"][int(index)]
+    arm = json.loads(Path(arm_path).read_text())
+    if model == "ppocr_rec":
+        want = line["rec"][form]["text"]
+        got = flat(arm, "text")[0]
+    else:
+        want = line["cls"][form]["label"]
+        got = flat(arm, "labels")[0]
+    ok = got == want
+    print(f"  {'ok  ' if ok else 'FAIL'} {model} line {index} {form}: {got!r} (onnxruntime {want!r})")
+    return 0 if ok else 1
+
+
+def compare_vad(arm_path):
+    vad = json.loads((FIXTURES / "pack" / "vad.json").read_text())
+    want = [p for chunk in vad["chunks"] for p in chunk["speech_probs"]]
+    got = flat(json.loads(Path(arm_path).read_text()), "speech_probs")
+    diff = max_diff(got, want)
+    ok = diff <= 1e-4
+    print(f"  {'ok  ' if ok else 'FAIL'} silero_vad: {len(got)} frames, max |arm - onnxruntime| = {diff:.3g} (tolerance 1e-4)")
+    return 0 if ok else 1
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "request":
         golden(argv[1])
@@ -146,6 +186,12 @@ def main(argv):
         return compare_pack(*argv[1:])
     if len(argv) == 4 and argv[0] == "same":
         return same(*argv[1:])
+    if argv == ["media-lines"]:
+        return media_lines()
+    if len(argv) == 5 and argv[0] == "compare-ocr":
+        return compare_ocr(*argv[1:])
+    if len(argv) == 2 and argv[0] == "compare-vad":
+        return compare_vad(argv[1])
     sys.exit(__doc__)
 
 
