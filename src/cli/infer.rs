@@ -29,7 +29,7 @@ pub struct InferArgs {
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let dir = super::models_dir(args.models, args.config.as_ref())?;
-    let model = ModelRepository::load_one(&dir, &args.model)?;
+    let model = ModelRepository::load_one(&dir, &args.model, None)?;
     let mut request = match &args.input {
         Some(path) if path.extension().is_some_and(|e| e == "npy") => npy_request(&model, path)?,
         Some(path) => json_request(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?,

@@ -90,7 +90,9 @@ fn try_load(name: &str, file: &Path, dir: &Path) -> Result<ModelMetadata, LoadFa
     } else {
         ModelManifest::default()
     };
-    Model::from_onnx(name, file, &manifest, None).map(|m| m.metadata().clone()).map_err(|e| failure(e.to_string()))
+    Model::from_onnx(name, file, &manifest, None, None)
+        .map(|m| m.metadata().clone())
+        .map_err(|e| failure(e.to_string()))
 }
 
 fn hint_for(error: &str) -> Option<&'static str> {

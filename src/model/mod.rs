@@ -5,6 +5,7 @@
 //! optimise, build the plan, and run it once on zeros. A model that cannot run therefore fails at
 //! start, with its name and tract's reason, and never on the first request.
 
+pub mod cache;
 pub mod inspect;
 pub mod manifest;
 pub mod repository;
@@ -19,6 +20,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::protocol::{
     encode_response, DataType, EncodedReply, InferRequest, ModelMetadata, OutputTensor, TensorMetadata,
 };
+pub use cache::ModelCache;
 pub use manifest::{ModelManifest, ServingDecl};
 pub use repository::ModelRepository;
 
@@ -103,8 +105,9 @@ impl PreparedInputs {
 }
 
 impl Model {
-    /// Loads `dir/model.onnx` (and `dir/model.toml` when present) as model `name`.
-    pub fn load(name: &str, dir: &Path) -> Result<Model, LoadError> {
+    /// Loads `dir/model.onnx` (and `dir/model.toml` when present) as model `name`, through `cache`
+    /// when there is one.
+    pub fn load(name: &str, dir: &Path, cache: Option<&ModelCache>) -> Result<Model, LoadError> {
         let manifest_err = |source| LoadError::Manifest { model: name.to_string(), source };
         let manifest = ModelManifest::read(dir).map_err(manifest_err)?.unwrap_or_default();
         let onnx = dir.join("model.onnx");
@@ -112,7 +115,7 @@ impl Model {
             return Err(LoadError::MissingOnnx { model: name.to_string(), dir: dir.to_path_buf() });
         }
         let labels = manifest.read_labels(dir).map_err(manifest_err)?;
-        Model::from_onnx(name, &onnx, &manifest, labels)
+        Model::from_onnx(name, &onnx, &manifest, labels, cache)
     }
 
     /// Loads an ONNX file with an explicit manifest; `inspect` uses this for a bare `.onnx` file.
@@ -121,10 +124,15 @@ impl Model {
         onnx: &Path,
         manifest: &ModelManifest,
         labels: Option<Vec<String>>,
+        cache: Option<&ModelCache>,
     ) -> Result<Model, LoadError> {
         let tract = |stage: &'static str| {
             move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
         };
+        let entry = cache.and_then(|cache| cache.entry(name, onnx));
+        if let Some(cached) = entry.as_ref().and_then(|entry| entry.load()) {
+            return Model::from_decluttered(name, cached, manifest, labels);
+        }
         let mut graph = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
             .model_for_path(onnx)
@@ -136,7 +144,27 @@ impl Model {
             .iter()
             .map(|o| graph.outlet_label(*o).unwrap_or(&graph.node(o.node).name).to_string())
             .collect();
-        let typed = graph.into_optimized().map_err(tract("optimise the graph"))?;
+        // Decluttered, not optimised: the form the cache keeps (see `cache`).
+        let typed = graph.into_typed().and_then(|t| t.into_decluttered()).map_err(tract("type the graph"))?;
+        if let Some(entry) = &entry {
+            entry.store(&typed, &inputs, &output_names);
+        }
+        Model::from_decluttered(name, cache::CachedModel { typed, inputs, output_names }, manifest, labels)
+    }
+
+    /// Optimises a decluttered graph for this CPU, checks its outputs against `model.toml`, builds
+    /// the plan and runs it once.
+    fn from_decluttered(
+        name: &str,
+        decluttered: cache::CachedModel,
+        manifest: &ModelManifest,
+        labels: Option<Vec<String>>,
+    ) -> Result<Model, LoadError> {
+        let tract = |stage: &'static str| {
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
+        };
+        let cache::CachedModel { typed, inputs, output_names } = decluttered;
+        let typed = typed.into_optimized().map_err(tract("optimise the graph"))?;
         let outputs = describe_outputs(name, &typed, &output_names, manifest)?;
         if manifest.serving.max_batch_size.is_some_and(|b| b > 1) {
             check_batchable(name, &inputs, &outputs)?;
