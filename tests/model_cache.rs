@@ -129,6 +129,21 @@ fn a_corrupt_cache_file_falls_back_to_onnx_and_is_rewritten() {
 }
 
 #[test]
+fn a_symlink_in_the_cache_directory_is_replaced_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = ModelCache::new(cache_dir.path());
+    std::os::unix::fs::symlink(&victim, cache_file(&cache, "digits")).unwrap();
+    let dir = shipped_models().join("digits");
+    Model::load("digits", &dir, Some(&cache)).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(cache_file(&cache, "digits").symlink_metadata().unwrap().is_file());
+    assert!(cache_hits(&cache, "digits", &dir));
+}
+
+#[test]
 fn a_changed_model_toml_makes_the_cache_stale() {
     let repo = models_dir_with(&["digits"]);
     let dir = repo.path().join("digits");

@@ -215,7 +215,11 @@ impl CacheEntry {
         let temp = self.path.with_file_name(format!(".{}.{SUFFIX}.{}.tmp", self.model, std::process::id()));
         let io = |source| CacheError::Io { path: temp.clone(), source };
         let written = (|| {
-            let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(io)?);
+            // A leftover of a crashed start with the same pid, or a planted symlink, is removed
+            // (not followed), and the new file must be created here: nothing is written elsewhere.
+            let _ = std::fs::remove_file(&temp);
+            let file = File::options().write(true).create_new(true).open(&temp).map_err(io)?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
             out.write_all(MAGIC).map_err(io)?;
             out.write_all(&(header.len() as u32).to_le_bytes()).map_err(io)?;
             out.write_all(&header).map_err(io)?;
