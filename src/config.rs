@@ -81,11 +81,23 @@ impl Default for TopicsConfig {
 pub struct ModelsConfig {
     /// One sub-directory per model: `<name>/model.onnx` and an optional `<name>/model.toml`.
     pub repository: PathBuf,
+    /// Where loaded models are cached in tract's NNEF form, so that a restart skips the ONNX parsing
+    /// and graph simplification. Unset or `""`: no cache. Off by default because it pays only for
+    /// some models (bench/RESULTS.md, "Cold start"); the unit's CacheDirectory= is
+    /// `/var/cache/edgeinfer`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for ModelsConfig {
     fn default() -> Self {
-        ModelsConfig { repository: PathBuf::from("models") }
+        ModelsConfig { repository: PathBuf::from("models"), cache_dir: None }
+    }
+}
+
+impl ModelsConfig {
+    /// The model cache directory in use (after [`Config::finalize`]), `None` when the cache is off.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref().filter(|dir| !dir.as_os_str().is_empty())
     }
 }
 
@@ -232,6 +244,17 @@ impl Config {
         if r.queue_capacity == 0 {
             return invalid("requests.queue_capacity", "must be at least 1".into());
         }
+        if let Some(dir) = self.models.cache_dir() {
+            if !dir.is_dir() {
+                return invalid(
+                    "models.cache_dir",
+                    format!(
+                        "{} is not a directory (create it, or set \"\" to turn the model cache off)",
+                        dir.display()
+                    ),
+                );
+            }
+        }
         if r.workers > 256 {
             return invalid("requests.workers", "at most 256 (0 = one per core)".into());
         }
@@ -342,6 +365,7 @@ mod tests {
             ("[topics]\nfleet_group = \"g+\"", "topics.fleet_group"),
             ("[requests]\nmax_payload_bytes = 0", "requests.max_payload_bytes"),
             ("[requests]\nqueue_capacity = 0", "requests.queue_capacity"),
+            ("[models]\ncache_dir = \"/nonexistent/edgeinfer-cache\"", "models.cache_dir"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.to_string().contains(key), "{text}: {err}");

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::model::repository::RepositoryError;
-use crate::model::ModelRepository;
+use crate::model::{ModelCache, ModelRepository};
 use crate::mqtt::connection::{Connection, OnConnect};
 use crate::mqtt::options::{mqtt_options, SetupError};
 use crate::mqtt::publisher::{self, Command, Outgoing};
@@ -52,7 +52,12 @@ pub enum ServeError {
 /// Runs the daemon until `shutdown` completes, then stops cleanly.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     systemd::status("loading models");
-    let (repository, failures) = ModelRepository::load(&config.models.repository)?;
+    let cache = config.models.cache_dir().map(ModelCache::new);
+    match &cache {
+        Some(cache) => tracing::info!(dir = %cache.dir().display(), "model cache on"),
+        None => tracing::info!("model cache off (set models.cache_dir)"),
+    }
+    let (repository, failures) = ModelRepository::load(&config.models.repository, cache.as_ref())?;
     for failure in &failures {
         tracing::error!("{failure}; the other models still serve");
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use edgeinfer::model::ModelRepository;
+use edgeinfer::model::{ModelCache, ModelRepository};
 use serde::Serialize;
 use tract_core::prelude::{IntoTValue, Tensor};
 
@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    /// Load through the model cache in this directory (what `models.cache_dir` does for the
+    /// daemon): the first run writes it, later runs show the cached load time [default: no cache]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 /// The measurements, kept apart from their printing.
@@ -91,7 +95,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let started = Instant::now();
-    let model = ModelRepository::load_one(&args.models, &args.model)?;
+    let cache = args.cache_dir.clone().map(ModelCache::new);
+    let model = ModelRepository::load_one(&args.models, &args.model, cache.as_ref())?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut inputs = model.zero_inputs(args.batch)?;
     let phase = Duration::from_secs_f64(args.seconds);

@@ -30,7 +30,7 @@ pub struct InferArgs {
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let dir = super::models_dir(args.models, args.config.as_ref())?;
-    let model = ModelRepository::load_one(&dir, &args.model)?;
+    let model = ModelRepository::load_one(&dir, &args.model, None)?;
     let extension = args.input.as_ref().and_then(|p| p.extension()).map(|e| e.to_string_lossy().to_lowercase());
     let mut request = match (&args.input, extension.as_deref()) {
         (Some(path), Some("npy")) => npy_request(&model, path)?,

@@ -17,7 +17,7 @@ pub struct ModelsArgs {
 
 pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let dir = super::models_dir(args.models, args.config.as_ref())?;
-    let (repository, failures) = ModelRepository::load(&dir)?;
+    let (repository, failures) = ModelRepository::load(&dir, None)?;
     let metadata: Vec<_> = repository.models().map(|m| m.metadata().clone()).collect();
     outln!("{}", serde_json::to_string_pretty(&metadata)?)?;
     for failure in &failures {

@@ -90,7 +90,7 @@ fn try_load(name: &str, file: &Path, dir: &Path) -> Result<ModelMetadata, LoadFa
     } else {
         ModelManifest::default()
     };
-    Model::from_onnx(name, file, &manifest, None, None)
+    Model::from_onnx(name, file, &manifest, None, None, None)
         .map(|m| m.metadata().clone())
         .map_err(|e| failure(e.to_string()))
 }

@@ -6,6 +6,7 @@
 //! start, with its name and tract's reason, and never on the first request.
 
 pub mod audio;
+pub mod cache;
 pub mod image;
 pub mod inspect;
 pub mod manifest;
@@ -25,6 +26,7 @@ use crate::protocol::{
     encode_response, DataType, EncodedReply, InferRequest, InputTensor, Media, ModelMetadata, OutputTensor,
     TensorMetadata,
 };
+pub use cache::ModelCache;
 use image::ImageTarget;
 use manifest::{AudioDecl, PreprocessDecl};
 pub use manifest::{ModelManifest, ServingDecl};
@@ -194,8 +196,9 @@ impl PreparedInputs {
 }
 
 impl Model {
-    /// Loads `dir/model.onnx` (and `dir/model.toml` when present) as model `name`.
-    pub fn load(name: &str, dir: &Path) -> Result<Model, LoadError> {
+    /// Loads `dir/model.onnx` (and `dir/model.toml` when present) as model `name`, through `cache`
+    /// when there is one.
+    pub fn load(name: &str, dir: &Path, cache: Option<&ModelCache>) -> Result<Model, LoadError> {
         let manifest_err = |source| LoadError::Manifest { model: name.to_string(), source };
         let manifest = ModelManifest::read(dir).map_err(manifest_err)?.unwrap_or_default();
         let onnx = dir.join("model.onnx");
@@ -204,7 +207,7 @@ impl Model {
         }
         let labels = manifest.read_labels(dir).map_err(manifest_err)?;
         let dictionary = manifest.read_dictionary(dir).map_err(manifest_err)?;
-        Model::from_onnx(name, &onnx, &manifest, labels, dictionary)
+        Model::from_onnx(name, &onnx, &manifest, labels, dictionary, cache)
     }
 
     /// Loads an ONNX file with an explicit manifest; `inspect` uses this for a bare `.onnx` file.
@@ -214,10 +217,15 @@ impl Model {
         manifest: &ModelManifest,
         labels: Option<Vec<String>>,
         dictionary: Option<Vec<String>>,
+        cache: Option<&ModelCache>,
     ) -> Result<Model, LoadError> {
         let tract = |stage: &'static str| {
             move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
         };
+        let entry = cache.and_then(|cache| cache.entry(name, onnx));
+        if let Some(cached) = entry.as_ref().and_then(|entry| entry.load()) {
+            return Model::from_decluttered(name, cached, manifest, labels, dictionary);
+        }
         let mut graph = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
             .with_ignore_value_info(manifest.ignore_value_info)
@@ -230,7 +238,29 @@ impl Model {
             .iter()
             .map(|o| graph.outlet_label(*o).unwrap_or(&graph.node(o.node).name).to_string())
             .collect();
-        let typed = graph.into_optimized().map_err(tract("optimise the graph"))?;
+        // Decluttered, not optimised: the form the cache keeps (see `cache`).
+        let typed = graph.into_typed().and_then(|t| t.into_decluttered()).map_err(tract("type the graph"))?;
+        if let Some(entry) = &entry {
+            entry.store(&typed, &inputs, &output_names);
+        }
+        let decluttered = cache::CachedModel { typed, inputs, output_names };
+        Model::from_decluttered(name, decluttered, manifest, labels, dictionary)
+    }
+
+    /// Optimises a decluttered graph for this CPU, checks its outputs against `model.toml`, builds
+    /// the plan and runs it once.
+    fn from_decluttered(
+        name: &str,
+        decluttered: cache::CachedModel,
+        manifest: &ModelManifest,
+        labels: Option<Vec<String>>,
+        dictionary: Option<Vec<String>>,
+    ) -> Result<Model, LoadError> {
+        let tract = |stage: &'static str| {
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
+        };
+        let cache::CachedModel { typed, inputs, output_names } = decluttered;
+        let typed = typed.into_optimized().map_err(tract("optimise the graph"))?;
         let outputs = describe_outputs(name, &typed, &output_names, manifest)?;
         if manifest.serving.max_batch_size.is_some_and(|b| b > 1) {
             check_batchable(name, &inputs, &outputs)?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{LoadError, Model};
+use super::{LoadError, Model, ModelCache};
 
 /// Every model that loaded, by name.
 #[derive(Default, Clone)]
@@ -43,9 +43,9 @@ pub fn is_valid_model_name(name: &str) -> bool {
 }
 
 impl ModelRepository {
-    /// Loads every model under `dir`. A model that fails is reported in the returned list and left
-    /// out; the others still serve.
-    pub fn load(dir: &Path) -> Result<(ModelRepository, Vec<LoadError>), RepositoryError> {
+    /// Loads every model under `dir`, through `cache` when there is one. A model that fails is
+    /// reported in the returned list and left out; the others still serve.
+    pub fn load(dir: &Path, cache: Option<&ModelCache>) -> Result<(ModelRepository, Vec<LoadError>), RepositoryError> {
         let unreadable = |source| RepositoryError::Unreadable { dir: dir.to_path_buf(), source };
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
@@ -66,7 +66,7 @@ impl ModelRepository {
         let mut failures = Vec::new();
         for name in names {
             let started = std::time::Instant::now();
-            match Model::load(&name, &dir.join(&name)) {
+            match Model::load(&name, &dir.join(&name), cache) {
                 Ok(model) => {
                     tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "model loaded");
                     repository.models.insert(name, Arc::new(model));
@@ -84,8 +84,9 @@ impl ModelRepository {
         Ok((repository, failures))
     }
 
-    /// Loads the one model `name` from `dir`, for commands that need only that model.
-    pub fn load_one(dir: &Path, name: &str) -> Result<Model, LoadOneError> {
+    /// Loads the one model `name` from `dir` (through `cache` when there is one), for commands that
+    /// need only that model.
+    pub fn load_one(dir: &Path, name: &str, cache: Option<&ModelCache>) -> Result<Model, LoadOneError> {
         if !is_valid_model_name(name) {
             return Err(RepositoryError::InvalidName(name.to_string()).into());
         }
@@ -93,7 +94,7 @@ impl ModelRepository {
         if !model_dir.is_dir() {
             return Err(RepositoryError::NotFound { name: name.to_string(), dir: dir.to_path_buf() }.into());
         }
-        Ok(Model::load(name, &model_dir)?)
+        Ok(Model::load(name, &model_dir, cache)?)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
