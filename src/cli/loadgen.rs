@@ -153,10 +153,13 @@ async fn wait_ready(
     secs: f64,
 ) -> anyhow::Result<u128> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    // A request sent before the server subscribed is lost, so retry often at first; each try then
+    // waits twice as long (up to 2 s), so that a server slower than one try does not fall ever
+    // further behind answering the earlier tries, whose answers this loop no longer waits for.
+    let mut wait = Duration::from_millis(50);
     loop {
-        // A request sent before the server subscribed is lost, so retry often; but pause between
-        // tries so that a server answering errors is not flooded.
-        let reply = requester.request(topic, payload.to_vec(), header_len, Duration::from_millis(50)).await;
+        let reply = requester.request(topic, payload.to_vec(), header_len, wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
         if let Ok(reply) = reply {
             if reply_kind(&reply) == "ok" {
                 return Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
