@@ -331,12 +331,14 @@ impl Model {
         }
         let expected: Vec<String> = self.metadata.inputs.iter().map(|i| i.name.clone()).collect();
         let preprocessed = self.preprocess.as_ref().map(Preprocess::input);
+        // Where an inference thread fills the input in (`complete`).
+        let placeholder = || Tensor::zero::<f32>(&[0]).expect("an empty tensor").into_tvalue();
         let mut inputs = TVec::with_capacity(self.inputs.len());
         let mut batch_sizes = Vec::new();
         for (index, spec) in self.inputs.iter().enumerate() {
             let filled_later = self.is_state_input(&spec.name) || (pending.is_some() && preprocessed == Some(index));
             if filled_later {
-                inputs.push(Tensor::zero::<f32>(&[0]).expect("empty tensor").into_tvalue());
+                inputs.push(placeholder());
                 continue;
             }
             let Some(pos) = request.inputs.iter().position(|i| i.name == spec.name) else {
@@ -346,7 +348,7 @@ impl Model {
             if preprocessed == Some(index) {
                 if let Some(taken) = self.take_encoded_input(&input)? {
                     pending = Some(taken);
-                    inputs.push(Tensor::zero::<f32>(&[0]).expect("empty tensor").into_tvalue());
+                    inputs.push(placeholder());
                     continue;
                 }
             }
