@@ -18,29 +18,13 @@ Every figure is the median of --runs fresh starts; the files are in the page cac
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"mosquitto did not listen on {port}")
+from compare import free_port, wait_port  # same directory: the private-broker helpers
 
 
 def serve_once(edgeinfer, repo, config, broker_port):
