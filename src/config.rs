@@ -35,6 +35,10 @@ pub struct BrokerConfig {
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
     pub keep_alive_secs: u64,
+    /// How long the broker keeps the daemon's session (its subscriptions and the QoS 1 requests
+    /// that arrive meanwhile) after the connection is gone: a broker restart, a network outage or
+    /// a restart of the daemon then loses no request. 0 = a clean session on every connection.
+    pub session_expiry_secs: u32,
     /// Reconnect backoff: starts at the minimum, doubles on each failure, capped at the maximum.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
@@ -52,6 +56,7 @@ impl Default for BrokerConfig {
             client_cert: None,
             client_key: None,
             keep_alive_secs: 30,
+            session_expiry_secs: 600,
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
         }
@@ -67,11 +72,20 @@ pub struct TopicsConfig {
     pub device: Option<String>,
     /// Shared-subscription group for `<base>/fleet/models/<model>/infer`; empty turns the fleet topic off.
     pub fleet_group: String,
+    /// Reply topics under `<base>/` are refused (a client could otherwise make the board publish
+    /// onto its own status or another board's request topics) except under `<base>/<prefix>` for
+    /// these prefixes. The default is where `edgeinfer request` and `loadgen` listen.
+    pub allowed_reply_prefixes: Vec<String>,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig { base: "edgeinfer".into(), device: None, fleet_group: "edgeinfer".into() }
+        TopicsConfig {
+            base: "edgeinfer".into(),
+            device: None,
+            fleet_group: "edgeinfer".into(),
+            allowed_reply_prefixes: vec!["clients/".into()],
+        }
     }
 }
 
@@ -121,6 +135,18 @@ pub struct RequestsConfig {
     /// Every this many seconds the request counts are published, retained, at
     /// `<base>/<device>/stats`; 0 = never (they are still logged at shutdown).
     pub stats_interval_secs: u64,
+    /// A reply larger than this (or than the broker's maximum packet size) is replaced by a
+    /// `too_large` error: a batch or an output list can make a reply much larger than its request.
+    pub max_reply_bytes: usize,
+    /// Reply bytes computed but not yet handed to the broker connection, all models together;
+    /// when it is full, inference threads wait, queues fill and new requests wait in the broker.
+    pub max_pending_reply_bytes: usize,
+    /// Largest image accepted, in pixels (width x height); a 16-megapixel camera frame fits.
+    pub max_image_pixels: u64,
+    /// Memory that image decoding may use at once, all inference threads together: a decode
+    /// waits for its share (its pixels x bytes per decoded pixel), so decompression bombs cannot
+    /// multiply by the number of threads.
+    pub max_decode_bytes: usize,
 }
 
 impl Default for RequestsConfig {
@@ -133,6 +159,10 @@ impl Default for RequestsConfig {
             default_timeout_ms: 0,
             shutdown_grace_ms: 5_000,
             stats_interval_secs: 30,
+            max_reply_bytes: 16 * 1024 * 1024,
+            max_pending_reply_bytes: 64 * 1024 * 1024,
+            max_image_pixels: 16 * 1024 * 1024,
+            max_decode_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -234,7 +264,31 @@ impl Config {
         if !self.topics.fleet_group.is_empty() && !is_topic_level(&self.topics.fleet_group) {
             return invalid("topics.fleet_group", format!("\"{}\" must be one topic level", self.topics.fleet_group));
         }
+        for prefix in &self.topics.allowed_reply_prefixes {
+            let first = prefix.split('/').next().unwrap_or_default();
+            if prefix.contains(['+', '#', '\0']) || first == self.device() || first == crate::mqtt::topics::FLEET {
+                return invalid(
+                    "topics.allowed_reply_prefixes",
+                    format!(
+                        "\"{prefix}\" must not hold wildcards nor start with this device's id or \"fleet\" \
+                         (replies would land on the daemon's own topics)"
+                    ),
+                );
+            }
+        }
         let r = &self.requests;
+        if r.max_reply_bytes < 1024 || r.max_reply_bytes > MQTT_MAX_PAYLOAD {
+            return invalid("requests.max_reply_bytes", format!("must be between 1024 and {MQTT_MAX_PAYLOAD}"));
+        }
+        if r.max_pending_reply_bytes < r.max_reply_bytes {
+            return invalid("requests.max_pending_reply_bytes", "must be at least requests.max_reply_bytes".into());
+        }
+        if r.max_image_pixels == 0 {
+            return invalid("requests.max_image_pixels", "must be at least 1".into());
+        }
+        if r.max_decode_bytes < 16 * 1024 * 1024 {
+            return invalid("requests.max_decode_bytes", "must be at least 16 MiB".into());
+        }
         if r.max_payload_bytes == 0 || r.max_payload_bytes > MQTT_MAX_PAYLOAD {
             return invalid("requests.max_payload_bytes", format!("must be between 1 and {MQTT_MAX_PAYLOAD}"));
         }
@@ -365,6 +419,10 @@ mod tests {
             ("[topics]\nfleet_group = \"g+\"", "topics.fleet_group"),
             ("[requests]\nmax_payload_bytes = 0", "requests.max_payload_bytes"),
             ("[requests]\nqueue_capacity = 0", "requests.queue_capacity"),
+            ("[requests]\nmax_reply_bytes = 10", "requests.max_reply_bytes"),
+            ("[requests]\nmax_pending_reply_bytes = 1024", "requests.max_pending_reply_bytes"),
+            ("[topics]\ndevice = \"pi\"\nallowed_reply_prefixes = [\"pi/\"]", "topics.allowed_reply_prefixes"),
+            ("[topics]\nallowed_reply_prefixes = [\"fleet/x\"]", "topics.allowed_reply_prefixes"),
             ("[models]\ncache_dir = \"/nonexistent/edgeinfer-cache\"", "models.cache_dir"),
         ] {
             let err = parse(text).unwrap_err();

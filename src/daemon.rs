@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
@@ -19,20 +19,23 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{count_overload, Dispatcher};
 use crate::model::repository::RepositoryError;
 use crate::model::{ModelCache, ModelRepository};
 use crate::mqtt::connection::{Connection, OnConnect};
 use crate::mqtt::options::{mqtt_options, SetupError};
 use crate::mqtt::publisher::{self, Command, Outgoing};
+use crate::mqtt::reply::ReplyLimits;
+use crate::mqtt::topics::ReplyRules;
 use crate::mqtt::{status, Topics};
 use crate::scheduler::{PoolConfig, Scheduler};
 use crate::stats::{Gauges, Stats};
 use crate::systemd;
 
-/// Requests read from the broker but not yet dispatched: kept small because each may be as large
-/// as the packet limit; it is also the Receive Maximum the broker is given.
-const INBOUND_CAPACITY: usize = 16;
+/// The Receive Maximum the broker is given: it sends at most this many QoS 1 requests that the
+/// daemon has not acknowledged, so at most this many wait between the connection and the
+/// dispatcher (each may be as large as the packet limit).
+const RECEIVE_MAXIMUM: u16 = 16;
 /// Replies computed but not yet handed to the MQTT client.
 const REPLY_CAPACITY: usize = 1024;
 /// rumqttc's own request channel.
@@ -52,6 +55,10 @@ pub enum ServeError {
 /// Runs the daemon until `shutdown` completes, then stops cleanly.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     systemd::status("loading models");
+    crate::model::image::DecodeBudget::configure(
+        config.requests.max_image_pixels,
+        config.requests.max_decode_bytes as u64,
+    );
     let cache = config.models.cache_dir().map(ModelCache::new);
     match &cache {
         Some(cache) => tracing::info!(dir = %cache.dir().display(), "model cache on"),
@@ -69,7 +76,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let mut options = mqtt_options(&config, &config.client_id())?;
     // MQTT's own flow control: the broker sends at most this many unacknowledged QoS 1 requests.
     options.set_manual_acks(true);
-    options.set_receive_maximum(Some(INBOUND_CAPACITY as u16));
+    options.set_receive_maximum(Some(RECEIVE_MAXIMUM));
+    let persistent_session = config.broker.session_expiry_secs > 0;
+    if persistent_session {
+        options.set_clean_start(false);
+        options.set_session_expiry_interval(Some(config.broker.session_expiry_secs));
+    }
     options.set_last_will(LastWill::new(topics.status(), status::offline(&device), QoS::AtLeastOnce, true, None));
     let (client, eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
 
@@ -79,17 +91,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         retained.push((topics.metadata(model.name()), metadata));
     }
     let filters = topics.request_filters();
-    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
     let (connected, connected_rx) = watch::channel(false);
-    let loop_blocked_since = Arc::new(Mutex::new(None));
+    let stats = Arc::new(Stats::new(&repository.names()));
+    let reply_limits =
+        Arc::new(ReplyLimits::new(config.requests.max_reply_bytes, config.requests.max_pending_reply_bytes));
+    let qos0_waiting = Arc::default();
+    let on_overload = {
+        let (topics, stats) = (topics.clone(), stats.clone());
+        Box::new(move |publish: &rumqttc::v5::mqttbytes::v5::Publish| count_overload(&topics, &stats, publish))
+    };
     let connection = tokio::spawn(
         Connection {
             eventloop,
             client: client.clone(),
             on_connect: OnConnect { filters: filters.clone(), retained },
             requests: inbound_tx,
+            qos0_waiting: Arc::clone(&qos0_waiting),
+            on_overload,
+            reply_limits: reply_limits.clone(),
             connected,
-            blocked_since: loop_blocked_since.clone(),
             backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
             backoff_max: Duration::from_millis(config.broker.reconnect_max_ms),
             broker: config.broker.url.clone(),
@@ -101,13 +122,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let publisher = tokio::spawn(publisher::run(client.clone(), replies_rx));
     let pool =
         PoolConfig { workers_per_model: config.workers_per_model(), queue_capacity: config.requests.queue_capacity };
-    let scheduler = Scheduler::start(&repository, pool, replies.clone());
-    let stats = Arc::new(Stats::new(&repository.names()));
+    let scheduler = Scheduler::start(&repository, pool, replies.clone(), reply_limits.clone());
     let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
     tokio::spawn(
         Dispatcher {
             client: client.clone(),
             topics: topics.clone(),
+            reply_rules: ReplyRules::from_config(&config),
+            reply_limits,
             repository: repository.clone(),
             scheduler: scheduler.clone(),
             replies: replies.clone(),
@@ -115,6 +137,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             default_timeout,
             budget: Arc::new(Semaphore::new(config.requests.max_queued_bytes.min(u32::MAX as usize))),
             stats: stats.clone(),
+            qos0_waiting,
+            persistent_session,
         }
         .run(inbound_rx),
     );
@@ -150,7 +174,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         // keep judging even when the async runtime is the part that is stuck.
         std::thread::Builder::new()
             .name("watchdog".into())
-            .spawn(move || watchdog(interval, scheduler, loop_blocked_since))
+            .spawn(move || watchdog(interval, scheduler))
             .expect("spawning the watchdog thread");
     }
     tracing::info!(
@@ -164,7 +188,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     shutdown.await;
     systemd::stopping();
     tracing::info!("stopping: no new requests; finishing accepted ones");
-    for filter in filters {
+    // With a persistent session the board's own subscription stays, so the broker keeps what
+    // comes in while the daemon restarts; the fleet's requests go to the other boards meanwhile.
+    let fleet_only = |filter: &String| !persistent_session || filter.starts_with("$share/");
+    for filter in filters.into_iter().filter(fleet_only) {
         let _ = client.try_unsubscribe(filter);
     }
     let grace = Duration::from_millis(config.requests.shutdown_grace_ms);
@@ -201,6 +228,8 @@ fn retained_message(topic: String, payload: Vec<u8>) -> Command {
         correlation: None,
         qos: QoS::AtLeastOnce,
         retain: true,
+        held: None,
+        ack: None,
     })
 }
 
@@ -223,25 +252,23 @@ async fn report_connection(mut connected: watch::Receiver<bool>, serving: String
     }
 }
 
-/// Pings the systemd watchdog while the daemon makes progress: the MQTT loop is not stuck handing
-/// a request to the dispatcher, and no model has jobs waiting while its workers finish none. A
-/// wedged daemon stops pinging and systemd restarts it.
-fn watchdog(interval: Duration, scheduler: Scheduler, loop_blocked_since: Arc<Mutex<Option<Instant>>>) {
+/// Pings the systemd watchdog while the daemon makes progress: no model has jobs waiting while
+/// its workers finish none. A wedged daemon stops pinging and systemd restarts it. (The MQTT loop
+/// awaits nothing but the broker, so it cannot wedge on the daemon's own work.)
+fn watchdog(interval: Duration, scheduler: Scheduler) {
     let mut seen = HashMap::new();
     let mut healthy = true;
     loop {
         std::thread::sleep(interval);
-        let loop_stuck =
-            loop_blocked_since.lock().expect("health lock").is_some_and(|since| since.elapsed() > interval);
         let stalled = scheduler.stalled_models(&mut seen);
-        if !loop_stuck && stalled.is_empty() {
+        if stalled.is_empty() {
             systemd::watchdog();
             if !healthy {
                 tracing::info!("watchdog: making progress again");
             }
             healthy = true;
         } else if healthy {
-            tracing::error!(loop_stuck, stalled = ?stalled, "watchdog: no progress; not pinging systemd");
+            tracing::error!(stalled = ?stalled, "watchdog: no progress; not pinging systemd");
             healthy = false;
         }
     }

@@ -1,30 +1,39 @@
 //! From an incoming MQTT message to a queued job, or to an immediate error reply.
 //!
-//! Every refusal happens here, before any inference: oversized payload, undecodable request,
-//! unknown model, inputs the model cannot take, full queue. Each gets a reply naming the problem
-//! (and a warning line); nothing here waits on anything but the decoder.
+//! Every refusal happens here, before any inference: a retained message, a reply topic the daemon
+//! may not publish to, oversized payload, undecodable request, unknown model, inputs the model
+//! cannot take, full queue. Each gets a reply naming the problem (or, with no topic to reply to,
+//! a count) and a warning line; nothing here waits on anything but the decoder and room for the
+//! error reply.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::model::ModelRepository;
 use crate::mqtt::publisher::Command;
-use crate::mqtt::topics::{is_valid_reply_topic, Topics};
+use crate::mqtt::reply::{Ack, ReplyLimits, ReplyTo};
+use crate::mqtt::topics::{check_topic_syntax, ReplyRules, Topics};
 use crate::protocol::request::{decode_request, header_length_from_properties, RequestIdentity};
 use crate::protocol::{decode_media, ErrorCode};
-use crate::scheduler::{Job, Rejected, ReplyTo, Scheduler};
-use crate::stats::Stats;
+use crate::scheduler::{Job, Rejected, Scheduler};
+use crate::stats::{Stats, Unanswered};
+use crate::untrusted::{self, Untrusted};
+
+/// The longest request id the daemon echoes: ids are for matching replies, not for payloads.
+const MAX_ID_BYTES: usize = 1024;
 
 /// Turns request messages into jobs.
 pub struct Dispatcher {
     pub client: AsyncClient,
     pub topics: Topics,
+    pub reply_rules: ReplyRules,
+    pub reply_limits: Arc<ReplyLimits>,
     pub repository: ModelRepository,
     pub scheduler: Scheduler,
     pub replies: mpsc::Sender<Command>,
@@ -33,41 +42,69 @@ pub struct Dispatcher {
     /// Bytes of input tensors that queued jobs may hold in total (one permit per byte).
     pub budget: Arc<Semaphore>,
     pub stats: Arc<Stats>,
+    /// QoS 0 requests waiting in the channel (the connection counts them up).
+    pub qos0_waiting: Arc<AtomicUsize>,
+    /// The broker keeps the daemon's session across connections (`broker.session_expiry_secs`):
+    /// requests that come in while it stops are left unacknowledged for the next start.
+    pub persistent_session: bool,
+}
+
+/// What became of a message's acknowledgement.
+enum Acked {
+    /// It travels with the reply (sent once the reply is).
+    WithReply,
+    /// No reply will come: acknowledge now.
+    Now,
+    /// Leave it unacknowledged: the broker delivers the request again to the next connection.
+    Never,
+}
+
+/// Where a request's reply can go.
+enum Route {
+    To(ReplyTo),
+    /// The client named a reply topic the daemon may not publish to: the refusal goes to the
+    /// model's result topic instead.
+    Refused(ReplyTo, String),
+    /// Not even the result topic is a valid topic (a hostile model name in the request topic).
+    Nowhere(String),
 }
 
 impl Dispatcher {
     /// Handles messages until the connection task closes the channel. A QoS 1 request is
-    /// acknowledged once it has been queued or answered, so the broker's Receive Maximum window
-    /// keeps unread requests in the broker rather than in this process.
-    pub async fn run(self, mut requests: mpsc::Receiver<Publish>) {
+    /// acknowledged once its reply has been handed to the MQTT client, so the broker's Receive
+    /// Maximum window keeps waiting requests in the broker rather than in this process.
+    pub async fn run(self, mut requests: mpsc::UnboundedReceiver<Publish>) {
         while let Some(publish) = requests.recv().await {
-            self.handle(&publish);
-            if publish.qos != QoS::AtMostOnce && self.client.try_ack(&publish).is_err() {
-                // The client's channel is full of replies; acknowledge as soon as there is room,
-                // without holding up the next request.
-                let client = self.client.clone();
-                tokio::spawn(async move { client.ack(&publish).await });
+            let acked = self.handle(&publish).await;
+            if publish.qos == QoS::AtMostOnce {
+                self.qos0_waiting.fetch_sub(1, Ordering::Relaxed);
+            } else if let (Acked::Now, Some(ack)) = (acked, Ack::of(&publish)) {
+                ack.send(&self.client).await;
             }
         }
     }
 
-    fn handle(&self, publish: &Publish) {
+    async fn handle(&self, publish: &Publish) -> Acked {
         let received = Instant::now();
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            return;
+            return Acked::Now;
         };
         let Some(model_name) = self.topics.model_of(topic) else {
-            tracing::debug!(%topic, "ignored a message on a topic that is not a request topic");
-            return;
+            tracing::debug!(topic = %Untrusted(topic), "ignored a message on a topic that is not a request topic");
+            return Acked::Now;
         };
-        let span = tracing::info_span!("request", model = %model_name, id = tracing::field::Empty);
+        let span = tracing::info_span!("request", model = %Untrusted(model_name), id = tracing::field::Empty);
         let _entered = span.enter();
+        if publish.retain {
+            // The broker hands a retained message to every new subscription, so computing it
+            // would answer it again on every reconnect, for ever.
+            tracing::warn!("ignored a retained request (publish requests without the retain flag)");
+            self.stats.for_model(model_name).unanswered(Unanswered::Retained);
+            return Acked::Now;
+        }
         let props = publish.properties.clone().unwrap_or_default();
         let qos = if publish.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-        let refuse = |identity: &RequestIdentity, code: ErrorCode, message: &str| {
-            let reply = self.reply_to(&props, identity, model_name, qos);
-            self.send_now(reply.error(identity.id.as_deref(), model_name, code, message));
-        };
+        let request = Request { props: &props, model: model_name, qos, ack: Ack::of(publish) };
 
         if publish.payload.len() > self.max_payload_bytes {
             let message = format!(
@@ -75,91 +112,194 @@ impl Dispatcher {
                 publish.payload.len(),
                 self.max_payload_bytes
             );
-            return refuse(&RequestIdentity::default(), ErrorCode::TooLarge, &message);
+            return self.refuse(&request, &RequestIdentity::default(), ErrorCode::TooLarge, &message).await;
         }
         let decoded = match decode_media(props.content_type.as_deref(), &publish.payload, &props.user_properties) {
             Some(media) => media,
             None => match header_length_from_properties(&props.user_properties).transpose() {
                 Ok(header_len) => decode_request(&publish.payload, header_len),
-                Err(e) => return refuse(&RequestIdentity::default(), ErrorCode::BadRequest, &e.to_string()),
+                Err(e) => {
+                    return self
+                        .refuse(&request, &RequestIdentity::default(), ErrorCode::BadRequest, &e.to_string())
+                        .await
+                }
             },
         };
-        let mut request = match decoded {
-            Ok(request) => request,
-            Err(failure) => {
+        let mut decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(mut failure) => {
+                let too_long = check_id(&mut failure.identity);
                 if let Some(id) = &failure.identity.id {
-                    span.record("id", tracing::field::display(id));
+                    span.record("id", tracing::field::display(Untrusted(id)));
                 }
-                return refuse(&failure.identity, ErrorCode::BadRequest, &failure.error.to_string());
+                let message = too_long.unwrap_or_else(|| failure.error.to_string());
+                return self.refuse(&request, &failure.identity, ErrorCode::BadRequest, &message).await;
             }
         };
-        let identity = request.identity.clone();
-        if let Some(id) = &identity.id {
-            span.record("id", tracing::field::display(id));
+        if let Some(message) = check_id(&mut decoded.identity) {
+            return self.refuse(&request, &decoded.identity, ErrorCode::BadRequest, &message).await;
         }
-        let Some(model) = self.repository.get(model_name) else {
-            let message = format!("unknown model \"{model_name}\"; this device serves {:?}", self.repository.names());
-            return refuse(&identity, ErrorCode::UnknownModel, &message);
+        let identity = decoded.identity.clone();
+        if let Some(id) = &identity.id {
+            span.record("id", tracing::field::display(Untrusted(id)));
+        }
+        let reply = match self.route(&request, &identity) {
+            Route::To(reply) => reply,
+            unroutable => return self.unroutable(unroutable, &identity, model_name).await,
         };
-        let inputs = match model.prepare(&mut request) {
+        if self.persistent_session && self.scheduler.is_stopping() {
+            tracing::info!("request left to the broker for the next start: the daemon is stopping");
+            return Acked::Never;
+        }
+        let refuse = |code: ErrorCode, message: &str| reply.error(identity.id.as_deref(), model_name, code, message);
+        let Some(model) = self.repository.get(model_name) else {
+            let message = format!(
+                "unknown model \"{}\"; this device serves {:?}",
+                Untrusted(model_name),
+                self.repository.names()
+            );
+            return self.send(refuse(ErrorCode::UnknownModel, &message)).await;
+        };
+        let inputs = match model.prepare(&mut decoded) {
             Ok(inputs) => inputs,
-            Err(e) => return refuse(&identity, ErrorCode::BadRequest, &e.to_string()),
+            Err(e) => return self.send(refuse(e.code(), &e.to_string())).await,
         };
         let bytes = inputs.queued_bytes();
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
         let Ok(budget) = self.budget.clone().try_acquire_many_owned(permits) else {
             let message =
                 format!("the daemon holds its maximum of queued request bytes; retry later ({bytes} bytes asked)");
-            return refuse(&identity, ErrorCode::Busy, &message);
+            return self.send(refuse(ErrorCode::Busy, &message)).await;
         };
         let expiry = props.message_expiry_interval.map(|s| Duration::from_secs(s.into()));
         let model_default = model.serving().default_timeout_ms.map(Duration::from_millis).or(self.default_timeout);
-        let timeout = [expiry, request.timeout, model_default].into_iter().flatten().min();
+        let timeout = [expiry, decoded.timeout, model_default].into_iter().flatten().min();
         let job = Job {
             model: model.clone(),
             id: identity.id.clone(),
             inputs,
-            reply: self.reply_to(&props, &identity, model_name, qos),
+            reply,
             received,
             deadline: timeout.map(|t| received + t),
             span: span.clone(),
             budget,
         };
         match self.scheduler.submit(job) {
-            Ok(()) => {}
+            Ok(()) => Acked::WithReply,
             Err(Rejected::Busy(job)) => {
                 let message = format!("model \"{model_name}\" is busy: its queue is full; retry later");
-                self.send_now(job.reply.error(job.id.as_deref(), model_name, ErrorCode::Busy, &message));
+                self.send(job.reply.error(job.id.as_deref(), model_name, ErrorCode::Busy, &message)).await
             }
             Err(Rejected::ShuttingDown(job)) => {
                 let message = "the daemon is stopping and takes no new requests";
-                self.send_now(job.reply.error(job.id.as_deref(), model_name, ErrorCode::ShuttingDown, message));
+                self.send(job.reply.error(job.id.as_deref(), model_name, ErrorCode::ShuttingDown, message)).await
+            }
+        }
+    }
+
+    /// Answers a request that will not be computed with `code` and `message`, on its reply topic
+    /// if that is one the daemon may use, else with why that topic was refused.
+    async fn refuse(&self, request: &Request<'_>, identity: &RequestIdentity, code: ErrorCode, message: &str) -> Acked {
+        match self.route(request, identity) {
+            Route::To(reply) => self.send(reply.error(identity.id.as_deref(), request.model, code, message)).await,
+            unroutable => self.unroutable(unroutable, identity, request.model).await,
+        }
+    }
+
+    /// Answers a request whose reply topic was refused, on the result topic, or counts it when
+    /// there is no topic at all.
+    async fn unroutable(&self, route: Route, identity: &RequestIdentity, model: &str) -> Acked {
+        match route {
+            Route::To(_) => unreachable!("a routable request"),
+            Route::Refused(reply, why) => {
+                self.send(reply.error(identity.id.as_deref(), model, ErrorCode::BadRequest, &why)).await
+            }
+            Route::Nowhere(why) => {
+                tracing::warn!(why = %why, "request not answered: there is no valid topic to reply to");
+                self.stats.for_model(model).unanswered(Unanswered::NoReplyTopic);
+                Acked::Now
             }
         }
     }
 
     /// The Response Topic (MQTT v5), else `parameters.reply_to` (3.1.1 clients), else the model's
-    /// result topic.
-    fn reply_to(&self, props: &PublishProperties, identity: &RequestIdentity, model: &str, qos: QoS) -> ReplyTo {
-        let topic = props
-            .response_topic
-            .clone()
-            .or_else(|| identity.reply_to.clone().filter(|t| is_valid_reply_topic(t)))
-            .unwrap_or_else(|| self.topics.result(model));
-        ReplyTo { topic, correlation: props.correlation_data.clone(), qos, counts: self.stats.for_model(model) }
+    /// result topic; a topic the client chose is checked against the reply rules first.
+    fn route(&self, request: &Request<'_>, identity: &RequestIdentity) -> Route {
+        let reply = |topic: String| ReplyTo {
+            topic,
+            correlation: request.props.correlation_data.clone(),
+            qos: request.qos,
+            counts: self.stats.for_model(request.model),
+            limits: self.reply_limits.clone(),
+            ack: request.ack,
+        };
+        let result = self.topics.result(request.model);
+        let chosen = match (&request.props.response_topic, &identity.reply_to) {
+            (Some(topic), _) => Some(("Response Topic", topic)),
+            (None, Some(topic)) => Some(("parameters.reply_to", topic)),
+            (None, None) => None,
+        };
+        let refusal = match chosen {
+            Some((what, topic)) => match self.reply_rules.check(topic) {
+                Ok(()) => return Route::To(reply(topic.clone())),
+                Err(e) => Some(format!("{what} \"{}\" refused: it {e}", Untrusted(topic))),
+            },
+            None => None,
+        };
+        if let Err(e) = check_topic_syntax(&result) {
+            let why = refusal.unwrap_or_else(|| format!("the result topic {e}"));
+            return Route::Nowhere(why);
+        }
+        match refusal {
+            Some(why) => Route::Refused(reply(result), why),
+            None => Route::To(reply(result)),
+        }
     }
 
-    /// Error replies never wait: if the publisher is this far behind, the reply is dropped and
-    /// the warning logged already is all that remains of it.
-    fn send_now(&self, command: Command) {
-        match self.replies.try_send(command) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                tracing::error!("error reply dropped: outgoing queue is full")
-            }
-            Err(TrySendError::Closed(_)) => {
-                tracing::debug!("error reply dropped: publisher stopped")
-            }
+    /// Queues a reply, waiting for room: under a flood, error replies wait (and with them this
+    /// request's acknowledgement, so the broker holds the next ones) rather than being dropped.
+    async fn send(&self, command: Command) -> Acked {
+        if self.replies.send(command).await.is_err() {
+            tracing::debug!("reply dropped: publisher stopped");
         }
+        Acked::WithReply
+    }
+}
+
+/// The parts of an incoming message that decide where its reply goes.
+struct Request<'a> {
+    props: &'a PublishProperties,
+    model: &'a str,
+    qos: QoS,
+    ack: Option<Ack>,
+}
+
+/// Refuses ids too long to echo: the id is dropped from the identity and the message says why.
+fn check_id(identity: &mut RequestIdentity) -> Option<String> {
+    let len = identity.id.as_ref().map_or(0, String::len);
+    (len > MAX_ID_BYTES).then(|| {
+        identity.id = None;
+        format!("the request id is {len} bytes; at most {MAX_ID_BYTES} are accepted")
+    })
+}
+
+/// Logs and counts a QoS 0 request that arrived while too many were waiting (it has no
+/// acknowledgement to hold back, so the broker cannot be asked to keep it).
+/// The warning is logged at most once a second, with the count since the last one.
+pub fn count_overload(topics: &Topics, stats: &Stats, publish: &Publish) {
+    static SINCE_LOGGED: AtomicUsize = AtomicUsize::new(0);
+    static LAST_LOGGED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let topic = String::from_utf8_lossy(&publish.topic);
+    stats.for_model(topics.model_of(&topic).unwrap_or("")).unanswered(Unanswered::Overloaded);
+    let dropped = SINCE_LOGGED.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut last = LAST_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+        *last = Some(Instant::now());
+        SINCE_LOGGED.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            topic = %untrusted::lossy(&publish.topic),
+            dropped,
+            "QoS 0 requests dropped: too many waiting; publish with QoS 1 for flow control"
+        );
     }
 }

@@ -22,3 +22,4 @@ pub mod scheduler;
 pub mod stats;
 pub mod systemd;
 pub mod tensors;
+mod untrusted;

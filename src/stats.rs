@@ -15,11 +15,37 @@ use serde::Serialize;
 
 use crate::protocol::ErrorCode;
 
+/// Why a request got no reply at all. Each is logged and counted: nothing accepted disappears
+/// without a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// A retained message: the broker redelivers it on every subscribe, so it is never computed.
+    Retained,
+    /// No topic the daemon may publish a reply to.
+    NoReplyTopic,
+    /// A QoS 0 request that arrived while the daemon was holding its maximum of unread ones.
+    Overloaded,
+}
+
+impl Unanswered {
+    const ALL: [Unanswered; 3] = [Unanswered::Retained, Unanswered::NoReplyTopic, Unanswered::Overloaded];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Unanswered::Retained => "retained",
+            Unanswered::NoReplyTopic => "no_reply_topic",
+            Unanswered::Overloaded => "qos0_overloaded",
+        }
+    }
+}
+
 /// One model's counts; cheap to share with every reply for that model.
 #[derive(Debug, Default)]
 pub struct Counters {
     answered: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    unanswered: [AtomicU64; Unanswered::ALL.len()],
+    panics: AtomicU64,
 }
 
 impl Counters {
@@ -31,15 +57,37 @@ impl Counters {
         self.errors[code as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn unanswered(&self, why: Unanswered) {
+        self.unanswered[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A panic while answering (its requests are still answered, `internal`, and counted there).
+    pub fn panicked(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn snapshot(&self, gauges: Gauges) -> ModelSnapshot {
         let errors: BTreeMap<&'static str, u64> = ErrorCode::ALL
             .iter()
             .map(|&code| (code.as_str(), self.errors[code as usize].load(Ordering::Relaxed)))
             .filter(|&(_, n)| n > 0)
             .collect();
+        let unanswered: BTreeMap<&'static str, u64> = Unanswered::ALL
+            .iter()
+            .map(|&why| (why.as_str(), self.unanswered[why as usize].load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
         let answered = self.answered.load(Ordering::Relaxed);
-        let requests = answered + errors.values().sum::<u64>();
-        ModelSnapshot { requests, answered, errors, queued: gauges.queued, sessions: gauges.sessions }
+        let requests = answered + errors.values().sum::<u64>() + unanswered.values().sum::<u64>();
+        ModelSnapshot {
+            requests,
+            answered,
+            errors,
+            unanswered,
+            panics: self.panics.load(Ordering::Relaxed),
+            queued: gauges.queued,
+            sessions: gauges.sessions,
+        }
     }
 }
 
@@ -56,6 +104,10 @@ struct ModelSnapshot {
     requests: u64,
     answered: u64,
     errors: BTreeMap<&'static str, u64>,
+    /// Requests that got no reply, by reason (see [`Unanswered`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    unanswered: BTreeMap<&'static str, u64>,
+    panics: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     queued: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,9 +172,13 @@ mod tests {
         digits.refused(ErrorCode::Busy);
         stats.for_model("nope").refused(ErrorCode::UnknownModel);
         stats.for_model("other-nope").refused(ErrorCode::UnknownModel);
+        digits.unanswered(Unanswered::Retained);
+        digits.panicked();
         let v: serde_json::Value =
             serde_json::from_slice(&stats.to_json("pi", |_| Gauges { queued: Some(3), sessions: Some(2) })).unwrap();
-        assert_eq!(v["models"]["digits"]["requests"], 3);
+        assert_eq!(v["models"]["digits"]["requests"], 4);
+        assert_eq!(v["models"]["digits"]["unanswered"]["retained"], 1);
+        assert_eq!(v["models"]["digits"]["panics"], 1);
         assert_eq!(v["models"]["digits"]["answered"], 2);
         assert_eq!(v["models"]["digits"]["errors"]["busy"], 1);
         assert_eq!(v["models"]["digits"]["queued"], 3);
@@ -135,6 +191,9 @@ mod tests {
     fn error_codes_index_their_counters() {
         for (index, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(*code as usize, index, "{}", code.as_str());
+        }
+        for (index, why) in Unanswered::ALL.iter().enumerate() {
+            assert_eq!(*why as usize, index, "{}", why.as_str());
         }
     }
 }

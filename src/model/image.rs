@@ -4,18 +4,20 @@
 //! Runs on an inference thread, never on the MQTT side: decoding a camera frame costs milliseconds.
 
 use std::io::Cursor;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use tract_core::prelude::Tensor;
 
 use super::manifest::{ColorOrder, ImageDecl, Layout, ResizeMode};
 
-/// Largest image side accepted: a 16-megapixel camera frame fits, a decompression bomb does not.
+/// Largest image side accepted, whatever the pixel count.
 const MAX_SIDE: u32 = 8192;
-/// Most memory the decoder may allocate for one image.
-const MAX_DECODE_BYTES: u64 = 256 << 20;
+/// How long a decode waits for its share of the decode budget before the request is `busy`.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// Why request bytes could not be turned into the model's input. Sent back to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +28,83 @@ pub enum ImageError {
     Decode { format: &'static str, reason: String },
     #[error("the image is {width}x{height}; at most {MAX_SIDE} pixels per side are accepted")]
     TooLarge { width: u32, height: u32 },
+    #[error("the image is {width}x{height} = {pixels} pixels; at most {max} are accepted (requests.max_image_pixels)")]
+    TooManyPixels { width: u32, height: u32, pixels: u64, max: u64 },
+    #[error(
+        "decoding this {width}x{height} image needs {needed} bytes, more than all image decoding may use at once \
+         ({budget} bytes, requests.max_decode_bytes)"
+    )]
+    OverBudget { width: u32, height: u32, needed: u64, budget: u64 },
+    #[error("image decoding is at its memory limit (requests.max_decode_bytes) with other images; retry later")]
+    Busy,
+}
+
+/// Memory for decoding images, shared by every inference thread of every model: an image that
+/// decodes to far more than its file (an all-zero PNG compresses 1000:1) takes its share before
+/// it is decoded, so a burst of them waits instead of multiplying by the number of threads.
+#[derive(Debug)]
+pub struct DecodeBudget {
+    max_pixels: u64,
+    total: u64,
+    free: Mutex<u64>,
+    room: Condvar,
+}
+
+/// Bytes of a [`DecodeBudget`] held until dropped.
+#[derive(Debug)]
+struct Reservation<'a> {
+    budget: &'a DecodeBudget,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        *self.budget.free.lock().unwrap_or_else(|e| e.into_inner()) += self.bytes;
+        self.budget.room.notify_all();
+    }
+}
+
+static BUDGET: OnceLock<DecodeBudget> = OnceLock::new();
+
+impl DecodeBudget {
+    /// Sets the process's decode limits (`requests.max_image_pixels`, `requests.max_decode_bytes`);
+    /// the first call wins. Without one, the config file's defaults apply.
+    pub fn configure(max_pixels: u64, max_decode_bytes: u64) {
+        let _ = BUDGET.set(DecodeBudget::new(max_pixels, max_decode_bytes));
+    }
+
+    fn new(max_pixels: u64, total: u64) -> DecodeBudget {
+        DecodeBudget { max_pixels, total, free: Mutex::new(total), room: Condvar::new() }
+    }
+
+    fn global() -> &'static DecodeBudget {
+        BUDGET.get_or_init(|| {
+            let defaults = crate::config::RequestsConfig::default();
+            DecodeBudget::new(defaults.max_image_pixels, defaults.max_decode_bytes as u64)
+        })
+    }
+
+    /// Waits up to `wait` until `bytes` are free, and holds them.
+    fn reserve(&self, (width, height): (u32, u32), bytes: u64, wait: Duration) -> Result<Reservation<'_>, ImageError> {
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(ImageError::TooManyPixels { width, height, pixels, max: self.max_pixels });
+        }
+        if bytes > self.total {
+            return Err(ImageError::OverBudget { width, height, needed: bytes, budget: self.total });
+        }
+        let until = Instant::now() + wait;
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free < bytes {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ImageError::Busy);
+            }
+            free = self.room.wait_timeout(free, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        *free -= bytes;
+        Ok(Reservation { budget: self, bytes })
+    }
 }
 
 /// The tensor geometry an image is prepared for: read once from the model's input shape.
@@ -55,7 +134,8 @@ impl ImageTarget {
 
     /// Decodes, resizes and scales one image into a [1, ...] tensor of the model's input shape.
     pub fn tensor(&self, bytes: &[u8]) -> Result<Tensor, ImageError> {
-        let rgb = decode(bytes)?;
+        // The decoded frame counts against the decode budget until it is resized away.
+        let (rgb, reservation) = decode(bytes)?;
         let (w, h) = (rgb.width(), rgb.height());
         let (new_w, new_h) = self.resized_size(w as usize, h as usize);
         let resized = if (new_w, new_h) == (w as usize, h as usize) {
@@ -63,7 +143,9 @@ impl ImageTarget {
         } else {
             resize(rgb.as_raw(), w, h, new_w as u32, new_h as u32)
         };
-        Ok(self.fill(&resized, new_w, new_h))
+        let tensor = self.fill(&resized, new_w, new_h);
+        drop((resized, reservation));
+        Ok(tensor)
     }
 
     /// The size the image is resized to before padding.
@@ -116,28 +198,45 @@ impl ImageTarget {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<image::RgbImage, ImageError> {
+fn decode(bytes: &[u8]) -> Result<(image::RgbImage, Reservation<'static>), ImageError> {
+    decode_within(bytes, DecodeBudget::global(), BUDGET_WAIT)
+}
+
+/// Decodes to RGB once `budget` holds room for the decoded pixels (at the file's own depth) and
+/// their RGB copy; the header is read first, so nothing is allocated for an image refused. The
+/// reservation comes back with the image: keep it while the image lives.
+fn decode_within<'b>(
+    bytes: &[u8],
+    budget: &'b DecodeBudget,
+    wait: Duration,
+) -> Result<(image::RgbImage, Reservation<'b>), ImageError> {
     let format = image::guess_format(bytes).ok().filter(|f| matches!(f, ImageFormat::Png | ImageFormat::Jpeg));
     let Some(format) = format else {
         let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
         return Err(ImageError::UnknownFormat(head.join(" ")));
     };
     let name = if format == ImageFormat::Png { "PNG" } else { "JPEG" };
+    let decode_error = |e: image::ImageError| ImageError::Decode { format: name, reason: e.to_string() };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits.max_alloc = Some(budget.total);
     reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| match e {
+    let decoder = reader.into_decoder().map_err(|e| match e {
         image::ImageError::Limits(_) => {
             let (width, height) =
                 ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().unwrap_or((u32::MAX, u32::MAX));
             ImageError::TooLarge { width, height }
         }
-        other => ImageError::Decode { format: name, reason: other.to_string() },
+        other => decode_error(other),
     })?;
-    Ok(decoded.into_rgb8())
+    let (width, height) = decoder.dimensions();
+    let rgb_copy =
+        if decoder.color_type() == image::ColorType::Rgb8 { 0 } else { u64::from(width) * u64::from(height) * 3 };
+    let reservation = budget.reserve((width, height), decoder.total_bytes().saturating_add(rgb_copy), wait)?;
+    let decoded = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    Ok((decoded.into_rgb8(), reservation))
 }
 
 /// Bilinear (triangle-filter convolution, as Pillow's BILINEAR) resize of packed RGB pixels.
@@ -224,6 +323,30 @@ mod tests {
             ImageTarget::new(&decl(ResizeMode::Stretch, ColorOrder::Rgb, Layout::Nchw), &[1, 3, 4, 4]).unwrap();
         let err = target.tensor(&png(9000, 1, [0, 0, 0])).unwrap_err();
         assert!(matches!(err, ImageError::TooLarge { width: 9000, height: 1 }), "{err}");
+    }
+
+    #[test]
+    fn the_decode_budget_refuses_what_never_fits_and_makes_the_rest_wait() {
+        let frame = png(100, 100, [9, 9, 9]);
+        let needed = 100 * 100 * 3;
+        let budget = DecodeBudget::new(100 * 100, needed);
+        assert_eq!(decode_within(&frame, &budget, Duration::ZERO).unwrap().0.dimensions(), (100, 100));
+        let err = decode_within(&png(101, 100, [0; 3]), &budget, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, ImageError::TooManyPixels { pixels: 10100, max: 10000, .. }), "{err}");
+        let small = DecodeBudget::new(1 << 20, needed - 1);
+        let err = decode_within(&frame, &small, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, ImageError::OverBudget { needed: 30000, .. }), "{err}");
+
+        let held = budget.reserve((1, 1), needed, Duration::ZERO).unwrap();
+        let err = decode_within(&frame, &budget, Duration::from_millis(20)).unwrap_err();
+        assert_eq!(err, ImageError::Busy);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| decode_within(&frame, &budget, Duration::from_secs(10)).map(|i| i.0.dimensions()));
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+            assert_eq!(waiting.join().unwrap(), Ok((100, 100)));
+        });
+        assert_eq!(*budget.free.lock().unwrap(), needed, "every reservation is given back");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceMod
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::protocol::{
-    encode_response, DataType, EncodedReply, InferRequest, InputTensor, Media, ModelMetadata, OutputTensor,
+    encode_response, DataType, EncodedReply, ErrorCode, InferRequest, InputTensor, Media, ModelMetadata, OutputTensor,
     TensorMetadata,
 };
 pub use cache::ModelCache;
@@ -125,6 +125,8 @@ pub enum InputError {
     WrongShape { name: String, expected: String, actual: Vec<usize> },
     #[error("inputs disagree on the batch size: {0:?}")]
     BatchMismatch(Vec<usize>),
+    #[error("output \"{0}\" is requested more than once; name each output once")]
+    DuplicateOutput(String),
     #[error("unknown output \"{name}\" requested (model \"{model}\" has {available:?})")]
     UnknownOutput { model: String, name: String, available: Vec<String> },
     #[error("model \"{model}\" does not take {sent} as the payload; {accepts}")]
@@ -141,6 +143,22 @@ pub enum InputError {
     Audio(#[from] audio::AudioError),
 }
 
+impl InputError {
+    /// The reply's error code: the client's mistake, except for an image that is too large to
+    /// decode or that must wait for memory other images hold.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            InputError::Image(image::ImageError::Busy) => ErrorCode::Busy,
+            InputError::Image(
+                image::ImageError::TooLarge { .. }
+                | image::ImageError::TooManyPixels { .. }
+                | image::ImageError::OverBudget { .. },
+            ) => ErrorCode::TooLarge,
+            _ => ErrorCode::BadRequest,
+        }
+    }
+}
+
 /// A checked request failed while computing or encoding.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
@@ -150,8 +168,21 @@ pub enum AnswerError {
     /// The model failed on a valid request.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// Code under the model (tract, a decoder) panicked: a bug, contained to this request.
+    #[error("the engine panicked ({0}); the request was not computed; please report this")]
+    Panicked(String),
     #[error(transparent)]
     Encode(#[from] crate::protocol::response::UnsupportedOutput),
+}
+
+impl AnswerError {
+    /// The reply's error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AnswerError::Input(e) => e.code(),
+            AnswerError::Inference(_) | AnswerError::Panicked(_) | AnswerError::Encode(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// A request checked against the model: inputs in the model's order, outputs selected. Inputs
@@ -412,6 +443,13 @@ impl Model {
             Some(_) => (self.raw_outputs..self.metadata.outputs.len()).collect::<Vec<_>>(),
             None => (0..self.raw_outputs).collect(),
         };
+        if let Some(wanted) = &request.outputs {
+            let mut names: Vec<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+            names.sort_unstable();
+            if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(InputError::DuplicateOutput(twice[0].to_string()));
+            }
+        }
         let outputs = match &request.outputs {
             None => default_outputs.into_iter().map(|i| (i, request.binary_outputs)).collect(),
             Some(wanted) => wanted

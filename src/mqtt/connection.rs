@@ -4,14 +4,22 @@
 //! rumqttc reconnects by being polled again, immediately and forever, and forgets subscriptions
 //! across connections: the backoff and the resubscription are ours.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
+
+use super::reply::ReplyLimits;
+use crate::untrusted;
+
+/// QoS 0 requests read from the broker and not yet dispatched, at most. QoS 1 requests need no
+/// such limit: the broker sends at most Receive Maximum of them before the daemon acknowledges.
+pub const MAX_QOS0_WAITING: usize = 64;
 
 /// What to (re)establish on every successful connection.
 pub struct OnConnect {
@@ -26,14 +34,19 @@ pub struct Connection {
     pub eventloop: EventLoop,
     pub client: AsyncClient,
     pub on_connect: OnConnect,
-    /// Incoming request publishes, to the dispatcher. Bounded: a full channel pauses reading from
-    /// the broker, which is the backpressure we want.
-    pub requests: mpsc::Sender<Publish>,
+    /// Incoming request publishes, to the dispatcher. The loop never waits on the dispatcher: it
+    /// must go on polling, since that is also what sends the replies and acknowledgements the
+    /// dispatcher may be waiting to queue. The channel is bounded all the same: QoS 1 requests by
+    /// the Receive Maximum the broker honours, QoS 0 ones by `qos0_waiting`.
+    pub requests: mpsc::UnboundedSender<Publish>,
+    /// QoS 0 requests in the channel; the dispatcher counts them down.
+    pub qos0_waiting: Arc<AtomicUsize>,
+    /// Told of each QoS 0 request dropped because [`MAX_QOS0_WAITING`] were waiting.
+    pub on_overload: Box<dyn Fn(&Publish) + Send>,
+    /// Learns the broker's Maximum Packet Size from every CONNACK.
+    pub reply_limits: Arc<ReplyLimits>,
     /// `true` while connected: readiness and the systemd status follow it.
     pub connected: watch::Sender<bool>,
-    /// When the loop began waiting for the dispatcher, if it is waiting: the watchdog's view of
-    /// whether the loop makes progress (awaiting `poll` is progress; rumqttc keeps the link alive).
-    pub blocked_since: Arc<Mutex<Option<Instant>>>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub broker: String,
@@ -55,7 +68,7 @@ impl Connection {
                 // Last Will ("offline") over "stopped".
                 match event {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        tracing::warn!(topic = %String::from_utf8_lossy(&p.topic), "request arrived while stopping; not answered")
+                        tracing::warn!(topic = %untrusted::lossy(&p.topic), "request arrived while stopping; not answered")
                     }
                     Ok(_) => {}
                     Err(_) => break,
@@ -63,18 +76,24 @@ impl Connection {
                 continue;
             }
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    tracing::info!(broker = %self.broker, "connected to broker");
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    let max_packet = ack.properties.as_ref().and_then(|p| p.max_packet_size);
+                    self.reply_limits.set_broker_max_packet(max_packet);
+                    tracing::info!(broker = %self.broker, session_present = ack.session_present, max_packet_size = ?max_packet, "connected to broker");
                     backoff = self.backoff_min;
                     failures_in_a_row = 0;
                     self.connected.send_replace(true);
                     self.resubscribe();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    *self.blocked_since.lock().expect("health lock") = Some(Instant::now());
-                    let sent = self.requests.send(publish).await;
-                    *self.blocked_since.lock().expect("health lock") = None;
-                    if sent.is_err() {
+                    if publish.qos == QoS::AtMostOnce {
+                        if self.qos0_waiting.load(Ordering::Relaxed) >= MAX_QOS0_WAITING {
+                            (self.on_overload)(&publish);
+                            continue;
+                        }
+                        self.qos0_waiting.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if self.requests.send(publish).is_err() {
                         tracing::debug!("request dropped: dispatcher has stopped");
                     }
                 }

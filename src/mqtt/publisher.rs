@@ -7,9 +7,11 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use super::reply::Ack;
 use crate::protocol::request::HEADER_LENGTH_PROPERTY;
+use crate::untrusted::Untrusted;
 
 /// A message to publish.
 #[derive(Debug)]
@@ -22,6 +24,11 @@ pub struct Outgoing {
     pub correlation: Option<Bytes>,
     pub qos: QoS,
     pub retain: bool,
+    /// The reply's share of `requests.max_pending_reply_bytes`, given back once the MQTT client
+    /// has taken the message.
+    pub held: Option<OwnedSemaphorePermit>,
+    /// The request's acknowledgement, sent right after its reply.
+    pub ack: Option<Ack>,
 }
 
 impl Outgoing {
@@ -56,10 +63,13 @@ pub async fn run(client: AsyncClient, mut commands: mpsc::Receiver<Command>) {
         match command {
             Command::Publish(out) => {
                 let props = out.properties();
-                if let Err(e) =
-                    client.publish_with_properties(out.topic.clone(), out.qos, out.retain, out.payload, props).await
-                {
-                    tracing::warn!(topic = %out.topic, error = %e, "reply not published: MQTT client is gone");
+                let Outgoing { topic, payload, qos, retain, held, ack, .. } = out;
+                if let Err(e) = client.publish_with_properties(topic.clone(), qos, retain, payload, props).await {
+                    tracing::warn!(topic = %Untrusted(&topic), error = %e, "reply not published: MQTT client is gone");
+                }
+                drop(held);
+                if let Some(ack) = ack {
+                    ack.send(&client).await;
                 }
             }
             Command::Disconnect => {

@@ -76,10 +76,94 @@ impl Topics {
     }
 }
 
-/// Whether a client-chosen reply topic is one we may publish to: a concrete topic, not a
-/// wildcard filter, not a `$` system topic.
-pub fn is_valid_reply_topic(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= 65_535 && !topic.starts_with('$') && !topic.contains(['+', '#', '\0'])
+/// The longest topic MQTT can carry (a two-byte length).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Where the daemon agrees to publish a reply a client asked for: the README's "Security"
+/// section states these rules. A reply topic is a concrete topic (no wildcard), not a `$` system
+/// topic, valid MQTT UTF-8 (no control characters or noncharacters, which Mosquitto answers by
+/// closing the connection), and not under the daemon's own `<base>/` unless it starts with one
+/// of `topics.allowed_reply_prefixes`: otherwise a client could make a board publish onto its own
+/// status or another board's request topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRules {
+    /// `<base>/`.
+    base: String,
+    /// Full prefixes under `<base>/` that replies may use.
+    allowed: Vec<String>,
+}
+
+/// Why a reply topic is refused. The message goes back to the client (on the result topic).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyTopicError {
+    #[error("is empty")]
+    Empty,
+    #[error("is {0} bytes; MQTT topics are at most {MAX_TOPIC_BYTES}")]
+    TooLong(usize),
+    #[error("contains {} at byte {at}, which MQTT forbids in a topic", describe_char(*.ch))]
+    Character { at: usize, ch: char },
+    #[error("contains a wildcard (+ or #); a reply needs a concrete topic")]
+    Wildcard,
+    #[error("starts with $, which is reserved for the broker's own topics")]
+    System,
+    #[error(
+        "is under \"{base}\", this daemon's own topics; use a topic outside it, or one under a prefix \
+         listed in topics.allowed_reply_prefixes ({allowed:?})"
+    )]
+    OwnTopic { base: String, allowed: Vec<String> },
+}
+
+fn describe_char(ch: char) -> String {
+    let kind = if ch.is_control() { "a control character" } else { "a noncharacter" };
+    format!("U+{:04X} ({kind})", ch as u32)
+}
+
+/// Characters MQTT 5 (1.5.4) forbids or that Mosquitto refuses in UTF-8 strings: U+0000, the C0
+/// and C1 controls, and the Unicode noncharacters.
+fn is_forbidden_in_topic(ch: char) -> bool {
+    let c = ch as u32;
+    ch.is_control() || (0xFDD0..=0xFDEF).contains(&c) || (c & 0xFFFE) == 0xFFFE
+}
+
+/// Checks a topic the daemon itself builds from request data (the result topic carries the
+/// model name from the request topic): valid MQTT, within length.
+pub fn check_topic_syntax(topic: &str) -> Result<(), ReplyTopicError> {
+    if topic.is_empty() {
+        return Err(ReplyTopicError::Empty);
+    }
+    if topic.len() > MAX_TOPIC_BYTES {
+        return Err(ReplyTopicError::TooLong(topic.len()));
+    }
+    if let Some((at, ch)) = topic.char_indices().find(|&(_, ch)| is_forbidden_in_topic(ch)) {
+        return Err(ReplyTopicError::Character { at, ch });
+    }
+    Ok(())
+}
+
+impl ReplyRules {
+    /// `allowed` are prefixes relative to `<base>/` (`"clients/"` allows `<base>/clients/...`).
+    pub fn new(base: &str, allowed: &[String]) -> ReplyRules {
+        ReplyRules { base: format!("{base}/"), allowed: allowed.iter().map(|p| format!("{base}/{p}")).collect() }
+    }
+
+    pub fn from_config(config: &Config) -> ReplyRules {
+        ReplyRules::new(&config.topics.base, &config.topics.allowed_reply_prefixes)
+    }
+
+    /// Whether the daemon may publish a reply to `topic`, a topic chosen by a client.
+    pub fn check(&self, topic: &str) -> Result<(), ReplyTopicError> {
+        check_topic_syntax(topic)?;
+        if topic.contains(['+', '#']) {
+            return Err(ReplyTopicError::Wildcard);
+        }
+        if topic.starts_with('$') {
+            return Err(ReplyTopicError::System);
+        }
+        if topic.starts_with(&self.base) && !self.allowed.iter().any(|p| topic.starts_with(p.as_str())) {
+            return Err(ReplyTopicError::OwnTopic { base: self.base.clone(), allowed: self.allowed.clone() });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -108,10 +192,33 @@ mod tests {
     }
 
     #[test]
-    fn reply_topics_must_be_concrete() {
-        assert!(is_valid_reply_topic("clients/42/reply"));
-        for bad in ["", "a/+/b", "a/#", "$SYS/x"] {
-            assert!(!is_valid_reply_topic(bad), "{bad}");
+    fn reply_topics_must_be_concrete_valid_mqtt_and_outside_our_own() {
+        let rules = ReplyRules::new("edgeinfer", &["clients/".to_string()]);
+        for good in ["clients/42/reply", "edgeinfer/clients/7/reply", "x", "caf\u{e9}/\u{1F600}", "edgeinferx/a"] {
+            assert_eq!(rules.check(good), Ok(()), "{good}");
         }
+        let long = "a".repeat(MAX_TOPIC_BYTES + 1);
+        for (bad, want) in [
+            ("", ReplyTopicError::Empty),
+            ("a/+/b", ReplyTopicError::Wildcard),
+            ("a/#", ReplyTopicError::Wildcard),
+            ("$SYS/x", ReplyTopicError::System),
+            ("x/\u{1}", ReplyTopicError::Character { at: 2, ch: '\u{1}' }),
+            ("\u{7f}", ReplyTopicError::Character { at: 0, ch: '\u{7f}' }),
+            ("\u{85}", ReplyTopicError::Character { at: 0, ch: '\u{85}' }),
+            ("a\u{0}", ReplyTopicError::Character { at: 1, ch: '\u{0}' }),
+            ("\u{fffe}", ReplyTopicError::Character { at: 0, ch: '\u{fffe}' }),
+            ("\u{10ffff}", ReplyTopicError::Character { at: 0, ch: '\u{10ffff}' }),
+            ("\u{fdd0}", ReplyTopicError::Character { at: 0, ch: '\u{fdd0}' }),
+            (long.as_str(), ReplyTopicError::TooLong(MAX_TOPIC_BYTES + 1)),
+        ] {
+            assert_eq!(rules.check(bad), Err(want), "{:?}", &bad[..bad.len().min(20)]);
+        }
+        for own in ["edgeinfer/pi4/status", "edgeinfer/other/models/digits/infer", "edgeinfer/fleet/models/a/infer"] {
+            assert!(matches!(rules.check(own), Err(ReplyTopicError::OwnTopic { .. })), "{own}");
+        }
+        assert!(rules.check(&"a".repeat(MAX_TOPIC_BYTES)).is_ok());
+        let message = rules.check("x/\u{1}").unwrap_err().to_string();
+        assert!(message.contains("U+0001 (a control character) at byte 2"), "{message}");
     }
 }

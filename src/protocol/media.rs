@@ -6,6 +6,10 @@
 //! |---|---|
 //! | `image/png`, `image/jpeg` | the file |
 //! | `audio/pcm;format=s16le;rate=16000` | mono samples, PCM16 little-endian (`format=f32le`: 32-bit floats) |
+//! | `audio/wav` (`audio/x-wav`, `audio/wave`) | a mono WAV file, 16-bit integer or 32-bit float samples |
+//! | `application/json`, `application/octet-stream`, none | an Open Inference Protocol request |
+//!
+//! Any other Content Type is refused, naming the ones accepted.
 
 use std::time::Duration;
 
@@ -42,6 +46,20 @@ pub enum MediaError {
     AudioFormat(String),
     #[error("Content Type \"{0}\": rate must be a number of samples per second")]
     AudioRate(String),
+    #[error("Content Type \"{0}\": only mono audio is accepted (channels=1); mix the channels down first")]
+    AudioChannels(String),
+    #[error("the WAV file is not readable: {0}")]
+    Wav(String),
+    #[error(
+        "the WAV file has {channels} channel(s) of {bits}-bit {format} samples; send mono 16-bit integer or \
+         32-bit float samples"
+    )]
+    WavFormat { channels: u16, bits: u16, format: &'static str },
+    #[error(
+        "Content Type \"{0}\" is not accepted; send image/png, image/jpeg, audio/pcm;format=s16le;rate=N, \
+         audio/wav, or an Open Inference Protocol request (application/json, or no Content Type)"
+    )]
+    Unsupported(String),
     #[error("user property timeout_ms must be a whole number of milliseconds, got \"{0}\"")]
     Timeout(String),
     #[error(transparent)]
@@ -68,7 +86,9 @@ pub fn decode_media(
     let media = match essence.as_str() {
         "image/png" | "image/jpeg" | "image/jpg" => Ok(Media::Image(payload.to_vec())),
         "audio/pcm" => audio(content_type, &params, payload),
-        _ => return None,
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => wav(payload),
+        "" | "application/json" | "application/octet-stream" | "text/json" | "text/plain" => return None,
+        _ => Err(MediaError::Unsupported(content_type.chars().take(100).collect())),
     };
     let fail =
         |error: MediaError| DecodeFailure { identity: identity.clone(), error: DecodeError::Media(error.to_string()) };
@@ -101,6 +121,9 @@ pub fn decode_media(
 
 fn audio(content_type: &str, params: &[(String, &str)], payload: &[u8]) -> Result<Media, MediaError> {
     let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+    if param("channels").is_some_and(|c| c != "1") {
+        return Err(MediaError::AudioChannels(content_type.to_string()));
+    }
     let datatype = match param("format").unwrap_or("s16le").to_ascii_lowercase().as_str() {
         "s16le" => DataType::Int16,
         "f32le" => DataType::Fp32,
@@ -118,6 +141,36 @@ fn audio(content_type: &str, params: &[(String, &str)], payload: &[u8]) -> Resul
     }
     let samples = tensor_from_le_bytes("payload", datatype, &[payload.len() / size], payload)?;
     Ok(Media::Audio { samples, datatype, rate })
+}
+
+/// A WAV file's samples, with the rate from its header. Reads no more samples than the payload
+/// holds, whatever length the header claims.
+fn wav(payload: &[u8]) -> Result<Media, MediaError> {
+    let wav_error = |e: hound::Error| MediaError::Wav(e.to_string());
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(payload)).map_err(wav_error)?;
+    let spec = reader.spec();
+    let (datatype, samples) = match (spec.channels, spec.bits_per_sample, spec.sample_format) {
+        (1, 16, hound::SampleFormat::Int) => {
+            let mut samples = Vec::with_capacity(payload.len() / 2);
+            for sample in reader.samples::<i16>() {
+                samples.push(sample.map_err(wav_error)?);
+            }
+            (DataType::Int16, Tensor::from_shape(&[samples.len()], &samples))
+        }
+        (1, 32, hound::SampleFormat::Float) => {
+            let mut samples = Vec::with_capacity(payload.len() / 4);
+            for sample in reader.samples::<f32>() {
+                samples.push(sample.map_err(wav_error)?);
+            }
+            (DataType::Fp32, Tensor::from_shape(&[samples.len()], &samples))
+        }
+        (channels, bits, format) => {
+            let format = if format == hound::SampleFormat::Int { "integer" } else { "float" };
+            return Err(MediaError::WavFormat { channels, bits, format });
+        }
+    };
+    let samples = samples.expect("a rank-1 shape of the samples' length");
+    Ok(Media::Audio { samples, datatype, rate: Some(spec.sample_rate) })
 }
 
 #[cfg(test)]
@@ -172,8 +225,46 @@ mod tests {
     }
 
     #[test]
-    fn other_content_types_are_protocol_requests() {
+    fn protocol_content_types_are_protocol_requests_and_others_are_refused() {
         assert!(decode_media(Some("application/json"), b"{}", &[]).is_none());
+        assert!(decode_media(Some("application/json; charset=utf-8"), b"{}", &[]).is_none());
         assert!(decode_media(None, b"{}", &[]).is_none());
+        let err = decode_media(Some("image/gif"), b"GIF89a", &[]).unwrap().unwrap_err();
+        assert!(err.error.to_string().contains("\"image/gif\" is not accepted"), "{}", err.error);
+        let err = decode_media(Some("audio/pcm;rate=16000;channels=2"), b"abcd", &[]).unwrap().unwrap_err();
+        assert!(err.error.to_string().contains("only mono"), "{}", err.error);
+    }
+
+    fn wav_file(
+        spec: hound::WavSpec,
+        write: impl FnOnce(&mut hound::WavWriter<std::io::Cursor<&mut Vec<u8>>>),
+    ) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).unwrap();
+        write(&mut writer);
+        writer.finalize().unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_wav_file_is_audio_at_its_own_rate() {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let file = wav_file(spec, |w| [5i16, -7].iter().for_each(|&s| w.write_sample(s).unwrap()));
+        let request = decode_media(Some("audio/wav"), &file, &[]).unwrap().unwrap();
+        let Some(Media::Audio { samples, datatype, rate }) = request.media else { panic!("audio") };
+        assert_eq!((datatype, rate), (DataType::Int16, Some(16000)));
+        assert_eq!(crate::tensors::elements::<i16>(&samples).unwrap(), &[5, -7]);
+
+        let stereo = hound::WavSpec { channels: 2, ..spec };
+        let file = wav_file(stereo, |w| [1i16, 2].iter().for_each(|&s| w.write_sample(s).unwrap()));
+        let err = decode_media(Some("audio/x-wav"), &file, &[]).unwrap().unwrap_err();
+        assert!(err.error.to_string().contains("2 channel(s)"), "{}", err.error);
+        let err = decode_media(Some("audio/wav"), b"RIFF\xff\xff\xff\xffWAVE", &[]).unwrap().unwrap_err();
+        assert!(err.error.to_string().contains("WAV file is not readable"), "{}", err.error);
     }
 }

@@ -91,15 +91,40 @@ struct OutputHeader<'a> {
     name: &'a str,
     datatype: DataType,
     shape: &'a [usize],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "OutputParameters::is_empty")]
+    parameters: OutputParameters,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<JsonData<'a>>,
 }
 
-#[derive(serde::Serialize)]
-struct BinaryParameters {
-    binary_data_size: usize,
+#[derive(serde::Serialize, Default)]
+struct OutputParameters {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_data_size: Option<usize>,
+    /// JSON has no NaN or infinity: such elements are sent as `null`, and this says how many
+    /// there are, so that a client can tell a model's NaN from a missing value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    non_finite: Option<usize>,
+}
+
+impl OutputParameters {
+    fn is_empty(&self) -> bool {
+        self.binary_data_size.is_none() && self.non_finite.is_none()
+    }
+}
+
+/// How many elements of a float tensor JSON cannot carry (NaN, +-Inf); `None` when all can.
+fn non_finite(tensor: &Tensor, datatype: DataType) -> Option<usize> {
+    fn count<T: Datum>(t: &Tensor, finite: impl Fn(&T) -> bool) -> usize {
+        t.to_plain_array_view::<T>().map(|v| v.iter().filter(|x| !finite(x)).count()).unwrap_or(0)
+    }
+    let n = match datatype {
+        DataType::Fp16 => count::<f16>(tensor, |v| v.is_finite()),
+        DataType::Fp32 => count::<f32>(tensor, |v| v.is_finite()),
+        DataType::Fp64 => count::<f64>(tensor, |v| v.is_finite()),
+        _ => 0,
+    };
+    (n > 0).then_some(n)
 }
 
 /// Serialises a tensor as a flat row-major JSON array without an intermediate copy.
@@ -155,9 +180,10 @@ pub fn encode_response(
             let bytes = binary_bytes(out.tensor);
             let size = bytes.len();
             binary.push(bytes);
-            (Some(BinaryParameters { binary_data_size: size }), None)
+            (OutputParameters { binary_data_size: Some(size), ..Default::default() }, None)
         } else {
-            (None, Some(JsonData(out.tensor, datatype)))
+            let parameters = OutputParameters { non_finite: non_finite(out.tensor, datatype), ..Default::default() };
+            (parameters, Some(JsonData(out.tensor, datatype)))
         };
         headers.push(OutputHeader { name: out.name, datatype, shape: out.tensor.shape(), parameters, data });
     }
@@ -174,8 +200,18 @@ pub fn encode_response(
     Ok(EncodedReply { payload, header_len: Some(header_len) })
 }
 
+/// The longest error message a reply carries: messages quote request data (an input name, say),
+/// and an error reply must stay small whatever the request held.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
+
 /// Encodes an error reply: the protocol's `{"error": ...}` plus the request id, the model and a code.
 pub fn encode_error(id: Option<&str>, model_name: &str, code: ErrorCode, message: &str) -> Vec<u8> {
+    let message = if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let cut = message.floor_char_boundary(MAX_ERROR_MESSAGE_BYTES);
+        format!("{}... (error message cut at {cut} of {} bytes)", &message[..cut], message.len())
+    } else {
+        message.to_string()
+    };
     let mut reply = json!({ "model_name": model_name, "error": message, "code": code.as_str() });
     if let Some(id) = id {
         reply["id"] = Value::from(id);
@@ -279,6 +315,29 @@ mod tests {
             v,
             json!({"model_name":"digits","id":"r1","outputs":[{"name":"p","datatype":"FP32","shape":[1,3],"data":[0.25,0.5,0.25]}]})
         );
+    }
+
+    #[test]
+    fn non_finite_values_go_as_null_and_the_output_says_how_many() {
+        let t = Tensor::from_shape(&[4], &[f32::NAN, 1.0, f32::INFINITY, f32::NEG_INFINITY]).unwrap();
+        let reply = encode_response("m", None, None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
+        let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(v["outputs"][0]["data"], json!([null, 1.0, null, null]));
+        assert_eq!(v["outputs"][0]["parameters"], json!({"non_finite": 3}));
+        let finite = Tensor::from_shape(&[1], &[2.0f32]).unwrap();
+        let reply =
+            encode_response("m", None, None, &[OutputTensor { name: "y", tensor: &finite, binary: false }]).unwrap();
+        let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert!(v["outputs"][0].get("parameters").is_none(), "{v}");
+    }
+
+    #[test]
+    fn error_messages_are_cut_to_a_bounded_size() {
+        let name = "\u{e9}".repeat(1 << 20);
+        let reply = encode_error(Some("r"), "m", ErrorCode::BadRequest, &format!("unknown input \"{name}\""));
+        assert!(reply.len() < MAX_ERROR_MESSAGE_BYTES + 200, "{}", reply.len());
+        let v: Value = serde_json::from_slice(&reply).unwrap();
+        assert!(v["error"].as_str().unwrap().ends_with(" bytes)"), "{v}");
     }
 
     #[test]

@@ -13,52 +13,12 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
-use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::model::{Model, ModelRepository, PreparedInputs};
-use crate::mqtt::publisher::{Command, Outgoing};
-use crate::protocol::{encode_error, ErrorCode};
-use crate::stats::Counters;
-
-/// Where and how a reply goes.
-#[derive(Debug, Clone)]
-pub struct ReplyTo {
-    pub topic: String,
-    pub correlation: Option<Bytes>,
-    pub qos: QoS,
-    /// Where this reply is counted: every request gets exactly one reply, so counting replies
-    /// counts requests.
-    pub counts: Arc<Counters>,
-}
-
-impl ReplyTo {
-    /// The reply carrying an encoded inference result.
-    pub fn result(&self, reply: crate::protocol::EncodedReply) -> Command {
-        self.counts.answered();
-        self.publish(reply.payload, reply.header_len)
-    }
-
-    /// An error reply, with the warning line every refused request gets.
-    pub fn error(&self, id: Option<&str>, model: &str, code: ErrorCode, message: &str) -> Command {
-        tracing::warn!(code = code.as_str(), error = message, "request refused");
-        self.counts.refused(code);
-        self.publish(encode_error(id, model, code, message), None)
-    }
-
-    fn publish(&self, payload: Vec<u8>, header_len: Option<usize>) -> Command {
-        Command::Publish(Outgoing {
-            topic: self.topic.clone(),
-            payload,
-            header_len,
-            correlation: self.correlation.clone(),
-            qos: self.qos,
-            retain: false,
-        })
-    }
-}
+use crate::mqtt::publisher::Command;
+use crate::mqtt::reply::{ReplyLimits, ReplyTo};
 
 /// One accepted request, checked against its model and waiting for a worker.
 pub struct Job {
@@ -117,17 +77,29 @@ struct Inner {
     /// Per model: its queue (to see what waits) and how many jobs its workers finished.
     progress: std::sync::Mutex<Vec<ModelProgress>>,
     replies: mpsc::Sender<Command>,
+    /// Bounds the reply bytes waiting for the publisher; workers wait for room.
+    reply_limits: Arc<ReplyLimits>,
+    /// The async runtime, for the workers' waits on async primitives.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Scheduler {
-    /// Starts the worker threads for every model of the repository.
-    pub fn start(repository: &ModelRepository, pool: PoolConfig, replies: mpsc::Sender<Command>) -> Scheduler {
+    /// Starts the worker threads for every model of the repository. Call it from within the
+    /// async runtime.
+    pub fn start(
+        repository: &ModelRepository,
+        pool: PoolConfig,
+        replies: mpsc::Sender<Command>,
+        reply_limits: Arc<ReplyLimits>,
+    ) -> Scheduler {
         let inner = Arc::new(Inner {
             queues: RwLock::new(Some(HashMap::new())),
             workers: Default::default(),
             drain_until: OnceLock::new(),
             progress: Default::default(),
             replies,
+            reply_limits,
+            runtime: tokio::runtime::Handle::current(),
         });
         let mut queues = HashMap::new();
         let mut workers = Vec::new();
@@ -176,6 +148,11 @@ impl Scheduler {
             Err(TrySendError::Disconnected(Task::Run(job))) => Err(Rejected::ShuttingDown(job)),
             Err(_) => unreachable!("only Run tasks are submitted"),
         }
+    }
+
+    /// Whether [`Scheduler::shutdown`] has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.drain_until.get().is_some()
     }
 
     /// How many requests wait in `model`'s queue.

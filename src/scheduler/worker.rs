@@ -1,6 +1,7 @@
 //! One inference thread: take a job (or, with dynamic batching, a batch of queued jobs), run it
 //! unless its time is up, send the replies.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,16 @@ use super::{Inner, Job, Task};
 use crate::model::{AnswerError, Model};
 use crate::mqtt::publisher::Command;
 use crate::protocol::ErrorCode;
+use crate::untrusted::Untrusted;
+
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => "a panic without a message".into(),
+    }
+}
 
 pub(super) struct Worker {
     pub model: Arc<Model>,
@@ -32,8 +43,14 @@ struct Gathered {
 
 impl Worker {
     pub fn run(self) {
-        if let Err(e) = self.model.warm_up() {
-            tracing::error!(model = %self.model.name(), error = %format!("{e:#}"), "warm-up run failed in an inference thread");
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.model.warm_up())) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(model = %self.model.name(), error = %format!("{e:#}"), "warm-up run failed in an inference thread")
+            }
+            Err(panic) => {
+                tracing::error!(model = %self.model.name(), panic = %panic_message(panic.as_ref()), "warm-up run panicked in an inference thread")
+            }
         }
         let mut next = None;
         loop {
@@ -53,10 +70,14 @@ impl Worker {
         }
     }
 
-    /// Answers a batch and hands the replies to the publisher.
+    /// Answers a batch and hands the replies to the publisher, each once the reply budget has
+    /// room for it.
     fn complete(&self, batch: Vec<Job>) {
         let count = batch.len() as u64;
-        for reply in self.answer(batch) {
+        for mut reply in self.answer(batch) {
+            if let Command::Publish(out) = &mut reply {
+                out.held = Some(self.inner.reply_limits.hold_blocking(&self.inner.runtime, out.payload.len()));
+            }
             if self.inner.replies.blocking_send(reply).is_err() {
                 tracing::error!(model = %self.model.name(), "reply lost: the publisher has stopped");
             }
@@ -127,16 +148,32 @@ impl Worker {
             requests.push(inputs);
             jobs.push((id, reply, received, span, budget));
         }
-        let answers = self.model.answer_batch(jobs.iter().map(|j| j.0.as_deref()).zip(requests).collect());
+        let batch = jobs.iter().map(|j| j.0.as_deref()).zip(requests).collect();
+        let answers = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(test)]
+            tests::maybe_inject_panic(&jobs.iter().map(|j| j.0.as_deref()).collect::<Vec<_>>());
+            self.model.answer_batch(batch)
+        })) {
+            Ok(answers) => answers,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                let ids: Vec<String> =
+                    jobs.iter().map(|j| Untrusted(j.0.as_deref().unwrap_or("")).to_string()).collect();
+                tracing::error!(model = %name, ids = ?ids, panic = %message, "panic while answering; each request gets an internal error and the worker goes on");
+                if let Some((_, reply, ..)) = jobs.first() {
+                    reply.counts.panicked();
+                }
+                jobs.iter().map(|_| Err(AnswerError::Panicked(message.clone()))).collect()
+            }
+        };
         for ((id, reply, received, span, _budget), answer) in jobs.iter().zip(answers) {
             let _span = span.enter();
             replies.push(match answer {
                 Ok(encoded) => {
                     tracing::debug!(us = received.elapsed().as_micros() as u64, batch = size, "answered");
-                    reply.result(encoded)
+                    reply.result(id.as_deref(), name, encoded)
                 }
-                Err(AnswerError::Input(e)) => reply.error(id.as_deref(), name, ErrorCode::BadRequest, &e.to_string()),
-                Err(e) => reply.error(id.as_deref(), name, ErrorCode::Internal, &e.to_string()),
+                Err(e) => reply.error(id.as_deref(), name, e.code(), &e.to_string()),
             });
         }
         replies
@@ -156,5 +193,90 @@ impl Worker {
             return Some(job.reply.error(id, name, ErrorCode::ShuttingDown, "the daemon is stopping; not computed"));
         }
         None
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::Semaphore;
+
+    use super::super::{PoolConfig, Scheduler};
+    use super::*;
+    use crate::model::ModelRepository;
+    use crate::mqtt::reply::{ReplyLimits, ReplyTo};
+    use crate::protocol::decode_request;
+
+    /// Requests with this id panic inside the worker's answering, as a bug in tract would.
+    static PANIC_ON: Mutex<Option<&'static str>> = Mutex::new(None);
+
+    pub(super) fn maybe_inject_panic(ids: &[Option<&str>]) {
+        let target = *PANIC_ON.lock().unwrap();
+        if let Some(target) = target.filter(|t| ids.contains(&Some(*t))) {
+            panic!("injected panic for {target}");
+        }
+    }
+
+    /// The shipped digits model, alone in a repository.
+    fn digits() -> ModelRepository {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::os::unix::fs::symlink(root.join("models/digits"), dir.path().join("digits")).unwrap();
+        let (repository, failures) = ModelRepository::load(dir.path(), None).unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        repository
+    }
+
+    fn job(repository: &ModelRepository, id: &str, reply: &ReplyTo) -> Job {
+        let model = repository.get("digits").unwrap().clone();
+        let json = format!(
+            r#"{{"id":"{id}","inputs":[{{"name":"pixels","shape":[1,64],"datatype":"FP32","data":{:?}}}]}}"#,
+            vec![1.0f32; 64]
+        );
+        let mut request = decode_request(json.as_bytes(), None).unwrap();
+        let inputs = model.prepare(&mut request).unwrap();
+        Job {
+            model,
+            id: Some(id.into()),
+            inputs,
+            reply: reply.clone(),
+            received: Instant::now(),
+            deadline: None,
+            span: tracing::Span::none(),
+            budget: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        }
+    }
+
+    fn reply_json(command: Command) -> serde_json::Value {
+        let Command::Publish(out) = command else { panic!("a publish") };
+        serde_json::from_slice(&out.payload).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_panic_becomes_an_internal_error_and_the_worker_goes_on() {
+        let repository = digits();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let limits = Arc::new(ReplyLimits::new(1 << 20, 1 << 20));
+        let pool = PoolConfig { workers_per_model: 1, queue_capacity: 4 };
+        let scheduler = Scheduler::start(&repository, pool, tx, limits.clone());
+        let reply = ReplyTo {
+            topic: "t".into(),
+            correlation: None,
+            qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            counts: Arc::default(),
+            limits,
+            ack: None,
+        };
+        *PANIC_ON.lock().unwrap() = Some("boom");
+        assert!(scheduler.submit(job(&repository, "boom", &reply)).is_ok());
+        let first = reply_json(rx.recv().await.unwrap());
+        assert_eq!(first["code"], "internal", "{first}");
+        assert!(first["error"].as_str().unwrap().contains("injected panic for boom"), "{first}");
+        assert!(scheduler.submit(job(&repository, "fine", &reply)).is_ok());
+        let second = reply_json(rx.recv().await.unwrap());
+        assert_eq!(second["id"], "fine");
+        assert_eq!(second["outputs"].as_array().map(Vec::len), Some(2), "{second}");
+        tokio::task::spawn_blocking(move || scheduler.shutdown(Duration::from_secs(1))).await.unwrap();
     }
 }

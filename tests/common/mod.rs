@@ -56,6 +56,36 @@ impl Broker {
         })
     }
 
+    /// Starts a broker that keeps its state on disk (`persistence true`), saving every second, so
+    /// that a restart, even after `kill -9`, brings back sessions and queued messages.
+    pub fn start_persistent() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\n\
+             persistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut broker = Broker { port, dir, child: None };
+        broker.launch();
+        broker
+    }
+
+    /// Stops the broker the way its service manager would (SIGTERM: it saves its state first).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped or killed broker again, with the same config and state directory.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "the broker is still running");
+        self.launch();
+    }
+
     fn launch_new(port: u16, extra_conf: &str) -> Broker {
         Self::launch_conf(port, |port| {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n{extra_conf}\n")
@@ -149,17 +179,34 @@ impl Daemon {
             models.display()
         );
         std::fs::write(dir.path().join("edgeinfer.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        let child = Self::run_in(dir.path(), env);
+        Daemon { device, dir, child: Some(child) }
+    }
+
+    fn run_in(dir: &Path, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
             .args(["serve", "--config"])
-            .arg(dir.path().join("edgeinfer.toml"))
+            .arg(dir.join("edgeinfer.toml"))
             .env("RUST_LOG", "info,edgeinfer=debug")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        Daemon { device, dir, child: Some(child) }
+            .unwrap()
+    }
+
+    /// Starts the daemon again, with the same config (device id, client id), after it stopped
+    /// or was killed; its log goes on in the same file.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.child = Some(Self::run_in(self.dir.path(), &[]));
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the daemon's process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
     }
 
     /// Starts the daemon and waits until its retained status says `online`.
