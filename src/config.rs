@@ -76,6 +76,9 @@ pub struct TopicsConfig {
     /// onto its own status or another board's request topics) except under `<base>/<prefix>` for
     /// these prefixes. The default is where `edgeinfer request` and `loadgen` listen.
     pub allowed_reply_prefixes: Vec<String>,
+    /// Fleet requests this board holds at once (the Receive Maximum of its fleet connection): what
+    /// is stranded, at most, when a board dies with requests of the fleet in hand.
+    pub fleet_receive_maximum: u16,
 }
 
 impl Default for TopicsConfig {
@@ -85,6 +88,7 @@ impl Default for TopicsConfig {
             device: None,
             fleet_group: "edgeinfer".into(),
             allowed_reply_prefixes: vec!["clients/".into()],
+            fleet_receive_maximum: 8,
         }
     }
 }
@@ -275,6 +279,9 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.topics.fleet_receive_maximum == 0 {
+            return invalid("topics.fleet_receive_maximum", "must be at least 1".into());
         }
         let r = &self.requests;
         if r.max_reply_bytes < 1024 || r.max_reply_bytes > MQTT_MAX_PAYLOAD {

@@ -10,21 +10,24 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::AsyncClient;
+use rumqttc::v5::{AsyncClient, EventLoop};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::Config;
 use crate::dispatch::{count_overload, Dispatcher};
 use crate::model::repository::RepositoryError;
 use crate::model::{ModelCache, ModelRepository};
-use crate::mqtt::connection::{Connection, OnConnect};
+use crate::mqtt::connection::{Connection, Incoming, OnConnect};
 use crate::mqtt::options::{mqtt_options, SetupError};
 use crate::mqtt::publisher::{self, Command, Outgoing};
+use crate::mqtt::redelivery::Recent;
 use crate::mqtt::reply::ReplyLimits;
 use crate::mqtt::topics::ReplyRules;
 use crate::mqtt::{status, Topics};
@@ -90,43 +93,64 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
         retained.push((topics.metadata(model.name()), metadata));
     }
-    let filters = topics.request_filters();
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
     let (connected, connected_rx) = watch::channel(false);
     let stats = Arc::new(Stats::new(&repository.names()));
     let reply_limits =
         Arc::new(ReplyLimits::new(config.requests.max_reply_bytes, config.requests.max_pending_reply_bytes));
     let qos0_waiting = Arc::default();
-    let on_overload = {
-        let (topics, stats) = (topics.clone(), stats.clone());
-        Box::new(move |publish: &rumqttc::v5::mqttbytes::v5::Publish| count_overload(&topics, &stats, publish))
+    let links = Links {
+        requests: inbound_tx,
+        qos0_waiting: Arc::clone(&qos0_waiting),
+        on_overload: {
+            let (topics, stats) = (topics.clone(), stats.clone());
+            Arc::new(move |publish: &Publish| count_overload(&topics, &stats, publish))
+        },
+        reply_limits: reply_limits.clone(),
+        backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
+        backoff_max: Duration::from_millis(config.broker.reconnect_max_ms),
+        broker: config.broker.url.clone(),
     };
-    let connection = tokio::spawn(
-        Connection {
-            eventloop,
-            client: client.clone(),
-            on_connect: OnConnect { filters: filters.clone(), retained },
-            requests: inbound_tx,
-            qos0_waiting: Arc::clone(&qos0_waiting),
-            on_overload,
-            reply_limits: reply_limits.clone(),
-            connected,
-            backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
-            backoff_max: Duration::from_millis(config.broker.reconnect_max_ms),
-            broker: config.broker.url.clone(),
+    // A persistent session for the board's own topics, but the fleet's shared subscription on a
+    // clean connection of its own: Mosquitto keeps handing an offline persistent member its share
+    // of a shared subscription, so a dead board would hold fleet requests until it came back
+    // (tests/faults.rs measures both).
+    let fleet_filter = topics.fleet_filter().filter(|_| persistent_session);
+    let device_filters = match fleet_filter {
+        Some(_) => vec![topics.device_filter()],
+        None => topics.request_filters(),
+    };
+    let connection =
+        tokio::spawn(links.connection("device", eventloop, &client, device_filters.clone(), retained, connected));
+    let fleet = match &fleet_filter {
+        Some(filter) => {
+            let mut options = mqtt_options(&config, &format!("{}-fleet", config.client_id()))?;
+            options.set_manual_acks(true);
+            options.set_receive_maximum(Some(config.topics.fleet_receive_maximum));
+            let (fleet_client, eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
+            let filters = vec![filter.clone()];
+            let task = tokio::spawn(links.connection(
+                "fleet",
+                eventloop,
+                &fleet_client,
+                filters,
+                vec![],
+                watch::channel(false).0,
+            ));
+            Some((fleet_client, task))
         }
-        .run(),
-    );
+        None => None,
+    };
 
     let (replies, replies_rx) = mpsc::channel(REPLY_CAPACITY);
-    let publisher = tokio::spawn(publisher::run(client.clone(), replies_rx));
+    let recent = Arc::new(Recent::default());
+    let publisher = tokio::spawn(publisher::run(client.clone(), replies_rx, recent.clone()));
     let pool =
         PoolConfig { workers_per_model: config.workers_per_model(), queue_capacity: config.requests.queue_capacity };
     let scheduler = Scheduler::start(&repository, pool, replies.clone(), reply_limits.clone());
     let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
     tokio::spawn(
         Dispatcher {
-            client: client.clone(),
             topics: topics.clone(),
             reply_rules: ReplyRules::from_config(&config),
             reply_limits,
@@ -139,6 +163,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             stats: stats.clone(),
             qos0_waiting,
             persistent_session,
+            recent,
         }
         .run(inbound_rx),
     );
@@ -190,9 +215,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     tracing::info!("stopping: no new requests; finishing accepted ones");
     // With a persistent session the board's own subscription stays, so the broker keeps what
     // comes in while the daemon restarts; the fleet's requests go to the other boards meanwhile.
-    let fleet_only = |filter: &String| !persistent_session || filter.starts_with("$share/");
-    for filter in filters.into_iter().filter(fleet_only) {
-        let _ = client.try_unsubscribe(filter);
+    match &fleet {
+        Some((fleet_client, _)) => {
+            let _ = fleet_client.try_unsubscribe(fleet_filter.clone().unwrap_or_default());
+        }
+        None if !persistent_session => {
+            for filter in device_filters {
+                let _ = client.try_unsubscribe(filter);
+            }
+        }
+        None => {}
     }
     let grace = Duration::from_millis(config.requests.shutdown_grace_ms);
     let draining = scheduler.clone();
@@ -210,6 +242,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let _ = replies.send(retained_message(topics.status(), status::stopped(&device))).await;
         let _ = replies.send(Command::Disconnect).await;
         drop(replies);
+        if let Some((fleet_client, task)) = fleet {
+            let _ = fleet_client.disconnect().await;
+            let _ = task.await;
+        }
         connection.await
     };
     match tokio::time::timeout(DISCONNECT_TIMEOUT, goodbye).await {
@@ -218,6 +254,47 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     publisher.abort();
     Ok(())
+}
+
+/// What every MQTT connection of the daemon shares: where requests go, the limits, the backoff.
+struct Links {
+    requests: mpsc::UnboundedSender<Incoming>,
+    qos0_waiting: Arc<AtomicUsize>,
+    on_overload: Arc<dyn Fn(&Publish) + Send + Sync>,
+    reply_limits: Arc<ReplyLimits>,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    broker: String,
+}
+
+impl Links {
+    /// The event loop of one connection, subscribing to `filters` and publishing `retained` on
+    /// every CONNACK.
+    fn connection(
+        &self,
+        link: &'static str,
+        eventloop: EventLoop,
+        client: &AsyncClient,
+        filters: Vec<String>,
+        retained: Vec<(String, Vec<u8>)>,
+        connected: watch::Sender<bool>,
+    ) -> impl Future<Output = ()> {
+        Connection {
+            link,
+            eventloop,
+            client: client.clone(),
+            on_connect: OnConnect { filters, retained },
+            requests: self.requests.clone(),
+            qos0_waiting: self.qos0_waiting.clone(),
+            on_overload: self.on_overload.clone(),
+            reply_limits: self.reply_limits.clone(),
+            connected,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            broker: self.broker.clone(),
+        }
+        .run()
+    }
 }
 
 fn retained_message(topic: String, payload: Vec<u8>) -> Command {

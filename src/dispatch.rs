@@ -16,7 +16,9 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::model::ModelRepository;
+use crate::mqtt::connection::Incoming;
 use crate::mqtt::publisher::Command;
+use crate::mqtt::redelivery::{Delivery, Recent, Seen};
 use crate::mqtt::reply::{Ack, ReplyLimits, ReplyTo};
 use crate::mqtt::topics::{check_topic_syntax, ReplyRules, Topics};
 use crate::protocol::request::{decode_request, header_length_from_properties, RequestIdentity};
@@ -30,7 +32,6 @@ const MAX_ID_BYTES: usize = 1024;
 
 /// Turns request messages into jobs.
 pub struct Dispatcher {
-    pub client: AsyncClient,
     pub topics: Topics,
     pub reply_rules: ReplyRules,
     pub reply_limits: Arc<ReplyLimits>,
@@ -47,6 +48,8 @@ pub struct Dispatcher {
     /// The broker keeps the daemon's session across connections (`broker.session_expiry_secs`):
     /// requests that come in while it stops are left unacknowledged for the next start.
     pub persistent_session: bool,
+    /// QoS 1 requests accepted recently, to know the broker's redeliveries.
+    pub recent: Arc<Recent>,
 }
 
 /// What became of a message's acknowledgement.
@@ -55,7 +58,8 @@ enum Acked {
     WithReply,
     /// No reply will come: acknowledge now.
     Now,
-    /// Leave it unacknowledged: the broker delivers the request again to the next connection.
+    /// Not here: the request is being answered already (that reply acknowledges it), or it is
+    /// left unacknowledged for the broker to deliver again to the next connection.
     Never,
 }
 
@@ -73,18 +77,18 @@ impl Dispatcher {
     /// Handles messages until the connection task closes the channel. A QoS 1 request is
     /// acknowledged once its reply has been handed to the MQTT client, so the broker's Receive
     /// Maximum window keeps waiting requests in the broker rather than in this process.
-    pub async fn run(self, mut requests: mpsc::UnboundedReceiver<Publish>) {
-        while let Some(publish) = requests.recv().await {
-            let acked = self.handle(&publish).await;
+    pub async fn run(self, mut requests: mpsc::UnboundedReceiver<Incoming>) {
+        while let Some(Incoming { publish, client }) = requests.recv().await {
+            let acked = self.handle(&publish, &client).await;
             if publish.qos == QoS::AtMostOnce {
                 self.qos0_waiting.fetch_sub(1, Ordering::Relaxed);
-            } else if let (Acked::Now, Some(ack)) = (acked, Ack::of(&publish)) {
-                ack.send(&self.client).await;
+            } else if let (Acked::Now, Some(ack)) = (acked, Ack::of(&publish, &client)) {
+                ack.send().await;
             }
         }
     }
 
-    async fn handle(&self, publish: &Publish) -> Acked {
+    async fn handle(&self, publish: &Publish, client: &AsyncClient) -> Acked {
         let received = Instant::now();
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             return Acked::Now;
@@ -95,6 +99,20 @@ impl Dispatcher {
         };
         let span = tracing::info_span!("request", model = %Untrusted(model_name), id = tracing::field::Empty);
         let _entered = span.enter();
+        if publish.qos != QoS::AtMostOnce {
+            let delivery = Delivery::of(publish);
+            match publish.dup.then(|| self.recent.seen(delivery)).flatten() {
+                Some(Seen::Answered) => {
+                    tracing::info!("redelivered request was answered already; acknowledged again");
+                    return Acked::Now;
+                }
+                Some(Seen::InProgress) => {
+                    tracing::info!("redelivered request is being answered already");
+                    return Acked::Never;
+                }
+                None => self.recent.accepted(delivery),
+            }
+        }
         if publish.retain {
             // The broker hands a retained message to every new subscription, so computing it
             // would answer it again on every reconnect, for ever.
@@ -104,7 +122,7 @@ impl Dispatcher {
         }
         let props = publish.properties.clone().unwrap_or_default();
         let qos = if publish.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-        let request = Request { props: &props, model: model_name, qos, ack: Ack::of(publish) };
+        let request = Request { props: &props, model: model_name, qos, ack: Ack::of(publish, client) };
 
         if publish.payload.len() > self.max_payload_bytes {
             let message = format!(
@@ -160,10 +178,12 @@ impl Dispatcher {
             );
             return self.send(refuse(ErrorCode::UnknownModel, &message)).await;
         };
-        let inputs = match model.prepare(&mut decoded) {
+        let mut inputs = match model.prepare(&mut decoded) {
             Ok(inputs) => inputs,
             Err(e) => return self.send(refuse(e.code(), &e.to_string())).await,
         };
+        // A session belongs to the client that started it, known to the daemon by its reply topic.
+        inputs.session_owner = reply.topic.clone();
         let bytes = inputs.queued_bytes();
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
         let Ok(budget) = self.budget.clone().try_acquire_many_owned(permits) else {
@@ -231,7 +251,7 @@ impl Dispatcher {
             qos: request.qos,
             counts: self.stats.for_model(request.model),
             limits: self.reply_limits.clone(),
-            ack: request.ack,
+            ack: request.ack.clone(),
         };
         let result = self.topics.result(request.model);
         let chosen = match (&request.props.response_topic, &identity.reply_to) {

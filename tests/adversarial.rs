@@ -26,7 +26,10 @@ fn correlation(publish: &Publish) -> Option<String> {
 /// published would have made Mosquitto close it.
 fn assert_never_reconnected(daemon: &Daemon) {
     let log = daemon.log();
-    assert_eq!(log.matches("connected to broker").count(), 1, "reconnected; log:\n{log}");
+    for link in ["device", "fleet"] {
+        let connects = log.matches(&format!("connected to broker link={link}")).count();
+        assert_eq!(connects, 1, "the {link} connection was made {connects} times; log:\n{log}");
+    }
     assert!(!log.contains("broker connection failed"), "lost the connection; log:\n{log}");
 }
 
@@ -357,5 +360,28 @@ async fn decompression_bombs_wait_for_the_shared_decode_budget_or_are_refused() 
     // The decode budget (256 MiB) bounds what the bombs add, whatever the thread count; eight
     // concurrent decodes would add about 900 MB.
     assert!(peak < before + 256 + 128, "peak RSS {peak} MB, {before} MB before the bombs");
+    assert_never_reconnected(&daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_belongs_to_the_client_that_started_it() {
+    let broker = Broker::start();
+    let models = pack(&["silero_vad"]);
+    let daemon = Daemon::start(&broker, models.path(), "");
+    let mut client = V5Client::connect(&broker, &["alice/vad", "mallory/vad"]).await;
+    let topic = daemon.infer_topic("silero_vad");
+    let chunk = vec![0u8; 512 * 2];
+    let pcm = "audio/pcm;format=s16le;rate=16000";
+    let mut ask = async |reply: &str, n: &str| {
+        client.publish(&topic, chunk.clone(), media_props(reply, n, pcm, &[("session", "mic")])).await;
+        let publish = client.next().await;
+        assert_eq!(String::from_utf8_lossy(&publish.topic), reply);
+        reply_json(&publish)["parameters"].clone()
+    };
+    assert_eq!(ask("alice/vad", "1").await["session_started"], true);
+    // Another client using the same id gets a session of its own: it neither continues nor resets alice's.
+    assert_eq!(ask("mallory/vad", "2").await["session_started"], true);
+    let third = ask("alice/vad", "3").await;
+    assert!(third.get("session_started").is_none(), "alice's session continues: {third}");
     assert_never_reconnected(&daemon);
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The service manager's end: a datagram socket read continuously, as systemd does (a socket
 /// left unread would fill and make the daemon's sends block).
@@ -122,7 +122,7 @@ async fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
         &broker.url(),
         &notify,
         20_000,
-        "[requests]\nworkers = 1\nmax_payload_bytes = 67108864\nmax_queued_bytes = 268435456\n",
+        "[requests]\nworkers = 1\nmax_payload_bytes = 67108864\nmax_queued_bytes = 268435456\nmax_reply_bytes = 67108864\nmax_pending_reply_bytes = 268435456\n",
     );
     daemon.wait_online(&broker);
     notify.until("READY=1");
@@ -163,6 +163,35 @@ async fn watchdog_pings_stop_while_workers_with_queued_jobs_make_no_progress() {
     let log = daemon.log();
     assert!(log.contains("stalled=[\"digits\"]"), "{log}");
     assert!(log.contains("watchdog: making progress again"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_daemon_stops_pinging_and_resumes_by_itself() {
+    // SIGSTOP freezes every thread, the watchdog's too: systemd sees no ping and, past WatchdogSec,
+    // restarts the daemon (its persistent session keeps what arrives meanwhile). A shorter freeze
+    // ends by itself.
+    let notify = NotifySocket::new();
+    let broker = Broker::start();
+    let daemon = spawn_notifying(&broker.url(), &notify, 400_000, "");
+    daemon.wait_online(&broker);
+    notify.until("READY=1");
+    let mut client = V5Client::connect(&broker, &["test/frozen"]).await;
+    daemon.signal("STOP");
+    notify.clear();
+    let frozen = notify.drain(Duration::from_millis(1500));
+    assert!(!frozen.contains(&"WATCHDOG=1".to_string()), "pinged while frozen: {frozen:?}");
+    let golden = digits_golden();
+    client
+        .publish(
+            &daemon.infer_topic("digits"),
+            digits_request("f", &golden.inputs[0]),
+            request_props("test/frozen", b"f"),
+        )
+        .await;
+    daemon.signal("CONT");
+    let reply: Value = serde_json::from_slice(&client.next().await.payload).unwrap();
+    assert!(reply["outputs"].is_array(), "{reply}");
+    wait_until("pings resume", || notify.drain(Duration::from_millis(500)).contains(&"WATCHDOG=1".to_string()));
 }
 
 /// The shipped unit, pointed at the built binary, verifies clean and scores <= 2.0 in

@@ -32,7 +32,7 @@ use manifest::{AudioDecl, PreprocessDecl};
 pub use manifest::{ModelManifest, ServingDecl};
 use postprocess::Postprocess;
 pub use repository::ModelRepository;
-use session::{SessionState, SessionStore, Start, MAX_SESSION_ID_BYTES};
+use session::{SessionKey, SessionState, SessionStore, Start, MAX_SESSION_ID_BYTES};
 
 /// Name of the batch symbol given to a `-1` leading dimension.
 const BATCH_SYMBOL: &str = "N";
@@ -195,6 +195,8 @@ pub struct PreparedInputs {
     pub pending: Option<Pending>,
     /// `parameters.session`, for models with `[session]`.
     pub session: Option<String>,
+    /// Whose session it is: the request's reply topic (set by the caller, who knows it).
+    pub session_owner: String,
     /// Indices into the model's outputs, each with whether it goes back as raw bytes.
     pub outputs: Vec<(usize, bool)>,
 }
@@ -466,7 +468,7 @@ impl Model {
                 })
                 .collect::<Result<_, InputError>>()?,
         };
-        Ok(PreparedInputs { inputs, pending, session, outputs })
+        Ok(PreparedInputs { inputs, pending, session, session_owner: String::new(), outputs })
     }
 
     fn is_state_input(&self, name: &str) -> bool {
@@ -537,16 +539,17 @@ impl Model {
     /// Runs a prepared request and encodes the reply with the outputs the client asked for. A
     /// request of a session continues from the session's state and leaves the new state behind.
     pub fn answer(&self, id: Option<&str>, mut prepared: PreparedInputs) -> Result<EncodedReply, AnswerError> {
-        let session_id = prepared.session.take();
-        let (mut state, start) = match (&self.session, &session_id) {
-            (Some(session), Some(sid)) => session.store.take(sid),
+        let session_key =
+            prepared.session.take().map(|id| SessionKey { owner: std::mem::take(&mut prepared.session_owner), id });
+        let (mut state, start) = match (&self.session, &session_key) {
+            (Some(session), Some(key)) => session.store.take(key),
             _ => (None, Start::New),
         };
         let previous = state.clone();
         let outputs = self
             .complete(&mut prepared, &mut state)
             .and_then(|()| self.run(prepared.inputs).map_err(|e| AnswerError::Inference(format!("{e:#}"))));
-        let (Some(session), Some(sid)) = (&self.session, session_id) else {
+        let (Some(session), Some(key)) = (&self.session, session_key) else {
             let outputs = outputs?;
             return self.encode(id, None, &outputs.iter().map(|t| &**t).collect::<Vec<_>>(), &prepared.outputs);
         };
@@ -555,16 +558,17 @@ impl Model {
             Err(e) => {
                 // The chunk was not taken: the session stays where it was.
                 if let Some(previous) = previous {
-                    session.store.put(sid, previous);
+                    session.store.put(key, previous);
                 }
                 return Err(e);
             }
         };
         let mut state = state.unwrap_or_else(|| self.fresh_state());
         state.tensors = session.state.iter().map(|(_, output, _)| (*outputs[*output]).clone()).collect();
-        session.store.put(sid.clone(), state);
+        let session_id = key.id.clone();
+        session.store.put(key, state);
         let mut parameters = serde_json::Map::new();
-        parameters.insert("session".into(), sid.into());
+        parameters.insert("session".into(), session_id.into());
         if start != Start::Continued {
             parameters.insert("session_started".into(), true.into());
         }

@@ -21,6 +21,13 @@ use crate::untrusted;
 /// such limit: the broker sends at most Receive Maximum of them before the daemon acknowledges.
 pub const MAX_QOS0_WAITING: usize = 64;
 
+/// A request as it came in, with the connection it came in on (its acknowledgement goes back there).
+#[derive(Debug)]
+pub struct Incoming {
+    pub publish: Publish,
+    pub client: AsyncClient,
+}
+
 /// What to (re)establish on every successful connection.
 pub struct OnConnect {
     /// Request subscriptions.
@@ -31,6 +38,8 @@ pub struct OnConnect {
 
 /// Owns the event loop until the client disconnects.
 pub struct Connection {
+    /// Which of the daemon's connections this is, for the log: `device` or `fleet`.
+    pub link: &'static str,
     pub eventloop: EventLoop,
     pub client: AsyncClient,
     pub on_connect: OnConnect,
@@ -38,11 +47,11 @@ pub struct Connection {
     /// must go on polling, since that is also what sends the replies and acknowledgements the
     /// dispatcher may be waiting to queue. The channel is bounded all the same: QoS 1 requests by
     /// the Receive Maximum the broker honours, QoS 0 ones by `qos0_waiting`.
-    pub requests: mpsc::UnboundedSender<Publish>,
+    pub requests: mpsc::UnboundedSender<Incoming>,
     /// QoS 0 requests in the channel; the dispatcher counts them down.
     pub qos0_waiting: Arc<AtomicUsize>,
     /// Told of each QoS 0 request dropped because [`MAX_QOS0_WAITING`] were waiting.
-    pub on_overload: Box<dyn Fn(&Publish) + Send>,
+    pub on_overload: Arc<dyn Fn(&Publish) + Send + Sync>,
     /// Learns the broker's Maximum Packet Size from every CONNACK.
     pub reply_limits: Arc<ReplyLimits>,
     /// `true` while connected: readiness and the systemd status follow it.
@@ -79,7 +88,7 @@ impl Connection {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     let max_packet = ack.properties.as_ref().and_then(|p| p.max_packet_size);
                     self.reply_limits.set_broker_max_packet(max_packet);
-                    tracing::info!(broker = %self.broker, session_present = ack.session_present, max_packet_size = ?max_packet, "connected to broker");
+                    tracing::info!(link = %self.link, broker = %self.broker, session_present = ack.session_present, max_packet_size = ?max_packet, "connected to broker");
                     backoff = self.backoff_min;
                     failures_in_a_row = 0;
                     self.connected.send_replace(true);
@@ -93,7 +102,7 @@ impl Connection {
                         }
                         self.qos0_waiting.fetch_add(1, Ordering::Relaxed);
                     }
-                    if self.requests.send(publish).is_err() {
+                    if self.requests.send(Incoming { publish, client: self.client.clone() }).is_err() {
                         tracing::debug!("request dropped: dispatcher has stopped");
                     }
                 }
@@ -119,6 +128,7 @@ impl Connection {
                     // The first failure after a good connection is worth a warning; repeats while
                     // the broker stays away are logged at a slower, capped rate by the backoff.
                     tracing::warn!(
+                        link = %self.link,
                         broker = %self.broker,
                         error = %e,
                         retry_in_ms = backoff.as_millis() as u64,

@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod options;
 pub mod publisher;
+pub mod redelivery;
 pub mod reply;
 pub mod status;
 pub mod topics;

@@ -3,12 +3,15 @@
 //! Publishing from the task that polls the event loop can deadlock rumqttc (the publish waits for
 //! room in a channel that only the poll loop empties), so every publish goes through here.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use super::redelivery::Recent;
 use super::reply::Ack;
 use crate::protocol::request::HEADER_LENGTH_PROPERTY;
 use crate::untrusted::Untrusted;
@@ -57,8 +60,9 @@ pub enum Command {
     Disconnect,
 }
 
-/// Publishes commands until a `Disconnect` or until every sender is gone.
-pub async fn run(client: AsyncClient, mut commands: mpsc::Receiver<Command>) {
+/// Publishes commands until a `Disconnect` or until every sender is gone. Each request whose
+/// reply and acknowledgement went out is marked answered in `recent`.
+pub async fn run(client: AsyncClient, mut commands: mpsc::Receiver<Command>, recent: Arc<Recent>) {
     while let Some(command) = commands.recv().await {
         match command {
             Command::Publish(out) => {
@@ -69,7 +73,9 @@ pub async fn run(client: AsyncClient, mut commands: mpsc::Receiver<Command>) {
                 }
                 drop(held);
                 if let Some(ack) = ack {
-                    ack.send(&client).await;
+                    let delivery = ack.delivery;
+                    ack.send().await;
+                    recent.answered(delivery);
                 }
             }
             Command::Disconnect => {

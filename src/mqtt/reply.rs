@@ -15,6 +15,9 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::publisher::{Command, Outgoing};
+use super::redelivery::Delivery;
+#[cfg(doc)]
+use super::redelivery::Recent;
 use crate::protocol::request::HEADER_LENGTH_PROPERTY;
 use crate::protocol::{encode_error, EncodedReply, ErrorCode};
 use crate::stats::Counters;
@@ -69,22 +72,31 @@ impl ReplyLimits {
 /// handed to the MQTT client: until then the broker counts the request against the Receive
 /// Maximum (so it holds the backlog, not the daemon) and, with a persistent session, delivers it
 /// again to the next connection if the daemon dies first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Ack {
+    /// The connection the request came in on: the acknowledgement must go back on it.
+    client: AsyncClient,
     pkid: u16,
     qos: QoS,
+    /// The request, as [`Recent`] remembers it.
+    pub delivery: Delivery,
 }
 
 impl Ack {
     /// `None` for QoS 0, which has no acknowledgement.
-    pub fn of(publish: &Publish) -> Option<Ack> {
-        (publish.qos != QoS::AtMostOnce).then_some(Ack { pkid: publish.pkid, qos: publish.qos })
+    pub fn of(publish: &Publish, client: &AsyncClient) -> Option<Ack> {
+        (publish.qos != QoS::AtMostOnce).then(|| Ack {
+            client: client.clone(),
+            pkid: publish.pkid,
+            qos: publish.qos,
+            delivery: Delivery::of(publish),
+        })
     }
 
-    pub async fn send(self, client: &AsyncClient) {
+    pub async fn send(self) {
         let mut request = Publish::new("", self.qos, Bytes::new(), None);
         request.pkid = self.pkid;
-        if let Err(e) = client.ack(&request).await {
+        if let Err(e) = self.client.ack(&request).await {
             tracing::debug!(error = %e, "acknowledgement not sent: MQTT client is gone");
         }
     }
@@ -149,7 +161,7 @@ impl ReplyTo {
             qos: self.qos,
             retain: false,
             held: None,
-            ack: self.ack,
+            ack: self.ack.clone(),
         })
     }
 }

@@ -36,11 +36,18 @@ impl Topics {
 
     /// The subscriptions that bring requests to this board.
     pub fn request_filters(&self) -> Vec<String> {
-        let mut filters = vec![format!("{}/{}/models/+/infer", self.base, self.device)];
-        if let Some(group) = &self.fleet_group {
-            filters.push(format!("$share/{group}/{}/{FLEET}/models/+/infer", self.base));
-        }
-        filters
+        std::iter::once(self.device_filter()).chain(self.fleet_filter()).collect()
+    }
+
+    /// The subscription to this board's own requests.
+    pub fn device_filter(&self) -> String {
+        format!("{}/{}/models/+/infer", self.base, self.device)
+    }
+
+    /// The shared subscription to the fleet's requests, when the board is in a fleet group.
+    pub fn fleet_filter(&self) -> Option<String> {
+        let group = self.fleet_group.as_ref()?;
+        Some(format!("$share/{group}/{}/{FLEET}/models/+/infer", self.base))
     }
 
     /// Where a request for `model` on `device` (or [`FLEET`]) is published.

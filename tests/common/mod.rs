@@ -60,6 +60,9 @@ impl Broker {
     /// that a restart, even after `kill -9`, brings back sessions and queued messages.
     pub fn start_persistent() -> Broker {
         let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root drops to its own user, which must be able to write here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let port = free_port();
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\n\
@@ -162,19 +165,33 @@ impl Daemon {
 
     /// Like [`Daemon::spawn`], with extra environment variables (systemd's NOTIFY_SOCKET, ...).
     pub fn spawn_with_env(broker_url: &str, models: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Daemon {
-        Self::launch(broker_url, models, "", extra_toml, env)
+        Self::launch(broker_url, models, "", "", extra_toml, env)
     }
 
     /// Like [`Daemon::spawn`], with extra keys in the `[broker]` section (TLS, credentials).
     pub fn spawn_with_broker_section(broker_url: &str, models: &Path, broker_keys: &str, extra_toml: &str) -> Daemon {
-        Self::launch(broker_url, models, broker_keys, extra_toml, &[])
+        Self::launch(broker_url, models, broker_keys, "", extra_toml, &[])
     }
 
-    fn launch(broker_url: &str, models: &Path, broker_keys: &str, extra_toml: &str, env: &[(&str, &str)]) -> Daemon {
+    /// Like [`Daemon::start`], with extra keys in the `[topics]` section.
+    pub fn start_with_topics(broker: &Broker, models: &Path, topics_keys: &str, extra_toml: &str) -> Daemon {
+        let daemon = Self::launch(&broker.url(), models, "", topics_keys, extra_toml, &[]);
+        daemon.wait_online(broker);
+        daemon
+    }
+
+    fn launch(
+        broker_url: &str,
+        models: &Path,
+        broker_keys: &str,
+        topics_keys: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let device = format!("test-{}", free_port());
         let config = format!(
-            "[broker]\nurl = \"{broker_url}\"\nreconnect_max_ms = 500\n{broker_keys}\n[topics]\ndevice = \"{device}\"\n\n\
+            "[broker]\nurl = \"{broker_url}\"\nreconnect_max_ms = 500\n{broker_keys}\n[topics]\ndevice = \"{device}\"\n{topics_keys}\n\n\
              [models]\nrepository = \"{}\"\n\n{extra_toml}\n",
             models.display()
         );
