@@ -102,6 +102,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let links = Links {
         requests: inbound_tx,
         qos0_waiting: Arc::clone(&qos0_waiting),
+        qos0_limit: config.requests.max_payload_bytes.saturating_mul(2),
         on_overload: {
             let (topics, stats) = (topics.clone(), stats.clone());
             Arc::new(move |publish: &Publish| count_overload(&topics, &stats, publish))
@@ -260,6 +261,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 struct Links {
     requests: mpsc::UnboundedSender<Incoming>,
     qos0_waiting: Arc<AtomicUsize>,
+    qos0_limit: usize,
     on_overload: Arc<dyn Fn(&Publish) + Send + Sync>,
     reply_limits: Arc<ReplyLimits>,
     backoff_min: Duration,
@@ -286,6 +288,7 @@ impl Links {
             on_connect: OnConnect { filters, retained },
             requests: self.requests.clone(),
             qos0_waiting: self.qos0_waiting.clone(),
+            qos0_limit: self.qos0_limit,
             on_overload: self.on_overload.clone(),
             reply_limits: self.reply_limits.clone(),
             connected,

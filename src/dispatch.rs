@@ -43,7 +43,7 @@ pub struct Dispatcher {
     /// Bytes of input tensors that queued jobs may hold in total (one permit per byte).
     pub budget: Arc<Semaphore>,
     pub stats: Arc<Stats>,
-    /// QoS 0 requests waiting in the channel (the connection counts them up).
+    /// Payload bytes of QoS 0 requests waiting in the channel (the connection counts them up).
     pub qos0_waiting: Arc<AtomicUsize>,
     /// The broker keeps the daemon's session across connections (`broker.session_expiry_secs`):
     /// requests that come in while it stops are left unacknowledged for the next start.
@@ -81,7 +81,7 @@ impl Dispatcher {
         while let Some(Incoming { publish, client }) = requests.recv().await {
             let acked = self.handle(&publish, &client).await;
             if publish.qos == QoS::AtMostOnce {
-                self.qos0_waiting.fetch_sub(1, Ordering::Relaxed);
+                self.qos0_waiting.fetch_sub(publish.payload.len(), Ordering::Relaxed);
             } else if let (Acked::Now, Some(ack)) = (acked, Ack::of(&publish, &client)) {
                 ack.send().await;
             }

@@ -385,3 +385,67 @@ async fn a_session_belongs_to_the_client_that_started_it() {
     assert!(third.get("session_started").is_none(), "alice's session continues: {third}");
     assert_never_reconnected(&daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_flood_from_many_clients_keeps_memory_bounded_and_answers_every_qos1_request_once() {
+    const CLIENTS: usize = 20;
+    const EACH: usize = 250;
+    let broker = Broker::start_with("max_queued_messages 0\n");
+    let daemon = Daemon::start(&broker, &digits_repository(), "[requests]\nstats_interval_secs = 1\n");
+    let topic = daemon.infer_topic("digits");
+    let request = digits_json("flood");
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let reply = format!("mixed/{c}");
+        let mut client = V5Client::connect(&broker, &[&reply]).await;
+        let (topic, request) = (topic.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let sender = client.client.clone();
+            let reply_topic = reply.clone();
+            let publisher = tokio::spawn(async move {
+                for i in 0..EACH {
+                    for (qos, tag) in [(QoS::AtLeastOnce, "q1"), (QoS::AtMostOnce, "q0")] {
+                        let props = PublishProperties {
+                            response_topic: Some(reply_topic.clone()),
+                            correlation_data: Some(Bytes::from(format!("{tag}-{i}"))),
+                            ..Default::default()
+                        };
+                        sender.publish_with_properties(&topic, qos, false, request.clone(), props).await.unwrap();
+                    }
+                }
+            });
+            let (mut qos1, mut qos0) = (HashSet::new(), 0);
+            // Until every QoS 1 reply is in, then what QoS 0 replies still come.
+            let idle = |qos1: &HashSet<String>| Duration::from_secs(if qos1.len() < EACH { 15 } else { 2 });
+            while let Ok(publish) = tokio::time::timeout(idle(&qos1), client.next()).await {
+                let reply = reply_json(&publish);
+                assert!(reply["outputs"].is_array() || reply["code"] == "busy", "{reply}");
+                let id = correlation(&publish).unwrap();
+                if id.starts_with("q1") {
+                    assert!(qos1.insert(id), "a QoS 1 request was answered twice");
+                } else {
+                    qos0 += 1;
+                }
+            }
+            publisher.await.unwrap();
+            (qos1.len(), qos0)
+        }));
+    }
+    let (mut qos1, mut qos0) = (0, 0);
+    for task in tasks {
+        let (one, zero) = task.await.unwrap();
+        qos1 += one;
+        qos0 += zero;
+    }
+    let peak = peak_rss_mb(daemon.pid());
+    let counts = stats(&broker, &daemon);
+    let overloaded = counts["models"]["digits"]["unanswered"]["qos0_overloaded"].as_u64().unwrap_or(0);
+    eprintln!(
+        "{CLIENTS} clients x {EACH} QoS 1 + {EACH} QoS 0: QoS 1 answered {qos1}, QoS 0 answered {qos0}, \
+         QoS 0 dropped and counted {overloaded}; peak RSS {peak} MB"
+    );
+    assert_eq!(qos1, CLIENTS * EACH, "every QoS 1 request answered once");
+    assert!(qos0 as u64 + overloaded <= (CLIENTS * EACH) as u64);
+    assert!(peak < 300, "peak RSS {peak} MB");
+    assert_never_reconnected(&daemon);
+}

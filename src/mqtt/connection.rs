@@ -17,10 +17,6 @@ use tokio::sync::{mpsc, watch};
 use super::reply::ReplyLimits;
 use crate::untrusted;
 
-/// QoS 0 requests read from the broker and not yet dispatched, at most. QoS 1 requests need no
-/// such limit: the broker sends at most Receive Maximum of them before the daemon acknowledges.
-pub const MAX_QOS0_WAITING: usize = 64;
-
 /// A request as it came in, with the connection it came in on (its acknowledgement goes back there).
 #[derive(Debug)]
 pub struct Incoming {
@@ -46,11 +42,16 @@ pub struct Connection {
     /// Incoming request publishes, to the dispatcher. The loop never waits on the dispatcher: it
     /// must go on polling, since that is also what sends the replies and acknowledgements the
     /// dispatcher may be waiting to queue. The channel is bounded all the same: QoS 1 requests by
-    /// the Receive Maximum the broker honours, QoS 0 ones by `qos0_waiting`.
+    /// the Receive Maximum the broker honours, QoS 0 ones by `qos0_limit`.
     pub requests: mpsc::UnboundedSender<Incoming>,
-    /// QoS 0 requests in the channel; the dispatcher counts them down.
+    /// Payload bytes of the QoS 0 requests in the channel; the dispatcher counts them down.
     pub qos0_waiting: Arc<AtomicUsize>,
-    /// Told of each QoS 0 request dropped because [`MAX_QOS0_WAITING`] were waiting.
+    /// At most this many bytes of QoS 0 requests wait for the dispatcher. QoS 1 requests need no
+    /// such limit: the broker sends at most Receive Maximum of them before the daemon acknowledges.
+    /// The dispatcher answers a backlog fast (`busy` when the queues are full), so a generous limit
+    /// loses few replies.
+    pub qos0_limit: usize,
+    /// Told of each QoS 0 request dropped because `qos0_limit` bytes were waiting.
     pub on_overload: Arc<dyn Fn(&Publish) + Send + Sync>,
     /// Learns the broker's Maximum Packet Size from every CONNACK.
     pub reply_limits: Arc<ReplyLimits>,
@@ -96,11 +97,12 @@ impl Connection {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if publish.qos == QoS::AtMostOnce {
-                        if self.qos0_waiting.load(Ordering::Relaxed) >= MAX_QOS0_WAITING {
+                        let size = publish.payload.len();
+                        if self.qos0_waiting.load(Ordering::Relaxed) + size > self.qos0_limit {
                             (self.on_overload)(&publish);
                             continue;
                         }
-                        self.qos0_waiting.fetch_add(1, Ordering::Relaxed);
+                        self.qos0_waiting.fetch_add(size, Ordering::Relaxed);
                     }
                     if self.requests.send(Incoming { publish, client: self.client.clone() }).is_err() {
                         tracing::debug!("request dropped: dispatcher has stopped");
