@@ -107,6 +107,36 @@ async fn a_broker_killed_hard_with_persistence_still_delivers_every_saved_reques
     assert_eq!(replies.len(), 20);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_cleanly_loses_nothing_and_one_killed_at_once_loses_what_it_had_not_saved() {
+    let mut broker = Broker::start_persistent();
+    let daemon = Daemon::start(&broker, &digits_repository(), "");
+    daemon.signal("STOP");
+    let client = V5Client::connect(&broker, &[]).await;
+    send(&client, &daemon.infer_topic("digits"), "clean", 20).await;
+    // SIGTERM: Mosquitto saves its state before it exits.
+    broker.stop();
+    broker.relaunch();
+    let mut client = V5Client::connect(&broker, &["faults/replies"]).await;
+    daemon.signal("CONT");
+    assert_eq!(collect(&mut client, 20).await.len(), 20);
+
+    // kill -9 right after the requests were acknowledged to their sender: the broker may not have
+    // saved them yet (autosave_interval 1 s). What it had not saved is lost; the figure is printed.
+    daemon.signal("STOP");
+    send(&client, &daemon.infer_topic("digits"), "unsaved", 20).await;
+    broker.kill();
+    broker.relaunch();
+    let mut client = V5Client::connect(&broker, &["faults/replies"]).await;
+    daemon.signal("CONT");
+    let mut answered = 0;
+    while tokio::time::timeout(Duration::from_secs(3), client.next()).await.is_ok() {
+        answered += 1;
+    }
+    eprintln!("broker kill -9 at once after 20 acknowledged requests: {answered} of 20 answered after the restart");
+    assert!(answered <= 20, "none answered twice");
+}
+
 /// Sends `total` fleet requests, one every 5 ms, killing `victim` after a quarter of them; returns
 /// the ids answered within three seconds of the last one.
 async fn fleet_load(client: &mut V5Client, victim: &mut Daemon, total: usize) -> HashMap<String, ()> {
