@@ -139,3 +139,73 @@ async fn the_daemon_serves_through_a_tls_broker_with_credentials_and_refuses_wro
     let untrusting = untrusting.finalize().unwrap();
     assert!(Requester::connect(&untrusting, std::time::Duration::from_secs(2)).await.is_err());
 }
+
+/// `mosquitto_sub`/`mosquitto_pub`/`mosquitto_rr` arguments for a login on `broker`.
+fn login(broker: &Broker, user: &str, password: &str) -> Vec<String> {
+    ["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-u", user, "-P", password].map(String::from).to_vec()
+}
+
+#[test]
+fn the_example_acl_lets_clients_ask_and_boards_answer_but_no_client_fake_a_boards_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = format!("acl-{}", free_port());
+    let acl = std::fs::read_to_string(repo_root().join("systemd/mosquitto-acl.example")).unwrap();
+    assert!(acl.contains("pi4-kitchen"), "the example names its board pi4-kitchen");
+    std::fs::write(dir.path().join("acl"), acl.replace("pi4-kitchen", &device)).unwrap();
+    let passwords = dir.path().join("passwords");
+    for (i, (user, password)) in
+        [(format!("board-{device}"), "board pw"), ("camera-1".into(), "camera pw")].iter().enumerate()
+    {
+        let mut cmd = Command::new("mosquitto_passwd");
+        cmd.arg("-b");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        assert!(cmd.arg(&passwords).args([user.as_str(), password]).status().unwrap().success());
+    }
+    Command::new("chmod").arg("-R").arg("a+rX").arg(dir.path()).status().unwrap();
+    let port = free_port();
+    let conf = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\nset_tcp_nodelay true\npersistence false\n",
+        passwords.display(),
+        dir.path().join("acl").display()
+    );
+    let broker = Broker::start_conf_on(port, &conf);
+    let keys = format!("username = \"board-{device}\"\npassword = \"board pw\"\n");
+    let daemon = Daemon::spawn_as(&device, &broker.url(), &digits_repository(), &keys);
+    let camera = login(&broker, "camera-1", "camera pw");
+    let status = |topic: &str| {
+        let out = Command::new("mosquitto_sub")
+            .args(&camera)
+            .args(["-t", topic, "-C", "1", "-W", "2", "--retained-only"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).ok()
+    };
+    daemon.wait_online_with(status);
+
+    // The camera asks the board and the fleet, and reads its replies under replies/camera-1/.
+    let request = digits_request("acl", &digits_golden().inputs[3]);
+    for topic in [daemon.infer_topic("digits"), "edgeinfer/fleet/models/digits/infer".to_string()] {
+        let out = Command::new("mosquitto_rr")
+            .args(&camera)
+            .args(["-t", &topic, "-e", "replies/camera-1/acl", "-W", "5", "-m", &request])
+            .output()
+            .unwrap();
+        let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{topic}: no reply ({e}): {}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log())
+        });
+        assert!(reply["outputs"].is_array(), "{reply}");
+    }
+
+    // It cannot fake the board's status: the broker refuses the publish, the status stays online.
+    let status_topic = format!("edgeinfer/{device}/status");
+    let fake = Command::new("mosquitto_pub")
+        .args(&camera)
+        .args(["-V", "mqttv5", "-t", &status_topic, "-r", "-q", "1", "-m", r#"{"state":"offline"}"#])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&fake.stderr).to_string();
+    assert!(said.contains("not authorized") || said.contains("Not authorized"), "{said}");
+    assert_eq!(status(&status_topic).unwrap()["state"], "online");
+}

@@ -56,6 +56,11 @@ impl Broker {
         })
     }
 
+    /// Starts a broker on `port` with exactly the given `mosquitto.conf` (auth, ACLs).
+    pub fn start_conf_on(port: u16, conf: &str) -> Broker {
+        Self::launch_conf(port, |_| conf.to_string())
+    }
+
     /// Starts a broker that keeps its state on disk (`persistence true`), saving every second, so
     /// that a restart, even after `kill -9`, brings back sessions and queued messages.
     pub fn start_persistent() -> Broker {
@@ -173,6 +178,12 @@ impl Daemon {
         Self::launch(broker_url, models, broker_keys, "", extra_toml, &[])
     }
 
+    /// Like [`Daemon::spawn_with_broker_section`], with a device id of the test's choosing (one
+    /// that a broker's ACL names, say).
+    pub fn spawn_as(device: &str, broker_url: &str, models: &Path, broker_keys: &str) -> Daemon {
+        Self::launch_as(device.to_string(), broker_url, models, broker_keys, "", "", &[])
+    }
+
     /// Like [`Daemon::start`], with extra keys in the `[topics]` section.
     pub fn start_with_topics(broker: &Broker, models: &Path, topics_keys: &str, extra_toml: &str) -> Daemon {
         let daemon = Self::launch(&broker.url(), models, "", topics_keys, extra_toml, &[]);
@@ -188,8 +199,19 @@ impl Daemon {
         extra_toml: &str,
         env: &[(&str, &str)],
     ) -> Daemon {
+        Self::launch_as(format!("test-{}", free_port()), broker_url, models, broker_keys, topics_keys, extra_toml, env)
+    }
+
+    fn launch_as(
+        device: String,
+        broker_url: &str,
+        models: &Path,
+        broker_keys: &str,
+        topics_keys: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let device = format!("test-{}", free_port());
         let config = format!(
             "[broker]\nurl = \"{broker_url}\"\nreconnect_max_ms = 500\n{broker_keys}\n[topics]\ndevice = \"{device}\"\n{topics_keys}\n\n\
              [models]\nrepository = \"{}\"\n\n{extra_toml}\n",
