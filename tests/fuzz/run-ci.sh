@@ -83,7 +83,7 @@ for target in "${targets[@]}"; do
     # shellcheck disable=SC2086  # $opts is a list of options
     if nice -n 10 cargo fuzz run "${build_flags[@]}" "$target" "${dirs[@]}" -- \
         $limit $opts -print_final_stats=1 ${FUZZ_EXTRA:-} 2>&1 | tee "${FUZZ_LOG_DIR:-/tmp}/fuzz-$target.log" \
-        | grep -E "^(#[0-9]+ +(INITED|DONE|pulse)|stat::|==[0-9]+== ERROR|==fuzz==|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)" ; then
+        | grep -E "^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::|==[0-9]+== ERROR|==fuzz==|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)" ; then
         :
     fi
     if ! grep -q "^Done [0-9]* runs\|^#[0-9]* *DONE" "${FUZZ_LOG_DIR:-/tmp}/fuzz-$target.log" ||
