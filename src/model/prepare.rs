@@ -5,6 +5,8 @@ use tract_core::prelude::*;
 
 use super::session::MAX_SESSION_ID_BYTES;
 use super::{audio, InputError, Model, Preprocess};
+#[cfg(test)]
+use crate::protocol::ErrorCode;
 use crate::protocol::{DataType, InferRequest, InputTensor, Media};
 use crate::tensors::elements;
 
@@ -234,5 +236,194 @@ fn samples_to_f32(samples: &Tensor, datatype: DataType) -> Vec<f32> {
     match datatype {
         DataType::Int16 => audio::pcm16_to_f32(elements::<i16>(samples).expect("INT16 samples")),
         _ => elements::<f32>(samples).expect("FP32 samples").to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::protocol::{decode_media, decode_request};
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+    }
+
+    /// The shipped digits model: one input `pixels` FP32 [-1, 64], outputs `logits` and `probabilities`.
+    fn digits() -> &'static Model {
+        static MODEL: OnceLock<Model> = OnceLock::new();
+        MODEL.get_or_init(|| Model::load("digits", &root().join("models/digits"), None).unwrap())
+    }
+
+    /// `a + b`, two FP32 [-1, 2] inputs (tests/fixtures/add).
+    fn add() -> &'static Model {
+        static MODEL: OnceLock<Model> = OnceLock::new();
+        MODEL.get_or_init(|| Model::load("add", &root().join("tests/fixtures/add"), None).unwrap())
+    }
+
+    /// Silero VAD (audio at 16 kHz, session state `h` and `c`), the file `models/fetch.py` gets.
+    fn vad() -> Option<&'static Model> {
+        static MODEL: OnceLock<Option<Model>> = OnceLock::new();
+        let dir = root().join("models/silero_vad");
+        MODEL.get_or_init(|| dir.join("model.onnx").is_file().then(|| Model::load("vad", &dir, None).unwrap())).as_ref()
+    }
+
+    /// A 4x4 RGB image in, `[preprocess] kind = "image"` (tests/fixtures/image).
+    fn image_model() -> &'static Model {
+        static MODEL: OnceLock<Model> = OnceLock::new();
+        MODEL.get_or_init(|| Model::load("img", &root().join("tests/fixtures/image"), None).unwrap())
+    }
+
+    fn prepare(model: &Model, json: &str) -> Result<PreparedInputs, InputError> {
+        model.prepare(&mut decode_request(json.as_bytes(), None).unwrap())
+    }
+
+    fn pixels(shape: &str, count: usize) -> String {
+        format!(r#"{{"name":"pixels","shape":{shape},"datatype":"FP32","data":{:?}}}"#, vec![0.5f32; count])
+    }
+
+    #[test]
+    fn a_request_that_fits_is_put_in_model_order_with_its_outputs() {
+        let prepared = prepare(digits(), &format!(r#"{{"inputs":[{}]}}"#, pixels("[3,64]", 192))).unwrap();
+        assert_eq!(prepared.rows(), 3);
+        assert_eq!(prepared.outputs, [(0, false), (1, false)]);
+        let prepared = prepare(
+            digits(),
+            &format!(
+                r#"{{"inputs":[{}],"outputs":[{{"name":"probabilities","parameters":{{"binary_data":true}}}}]}}"#,
+                pixels("[1,64]", 64)
+            ),
+        )
+        .unwrap();
+        assert_eq!(prepared.outputs, [(1, true)]);
+        let ab = r#"{"inputs":[{"name":"b","shape":[1,2],"datatype":"FP32","data":[1,2]},
+                               {"name":"a","shape":[1,2],"datatype":"FP32","data":[3,4]}]}"#;
+        let prepared = prepare(add(), ab).unwrap();
+        assert_eq!(elements::<f32>(&prepared.inputs[0]).unwrap(), &[3.0, 4.0], "a first, as in the graph");
+    }
+
+    #[test]
+    fn a_missing_input_is_named_with_the_inputs_the_model_takes() {
+        let err =
+            prepare(digits(), r#"{"inputs":[{"name":"image","shape":[1],"datatype":"FP32","data":[1]}]}"#).unwrap_err();
+        assert_eq!(
+            err,
+            InputError::Missing { model: "digits".into(), name: "pixels".into(), expected: vec!["pixels".into()] }
+        );
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn an_input_the_model_does_not_take_is_refused() {
+        let extra = r#"{"name":"extra","shape":[1],"datatype":"FP32","data":[1]}"#;
+        let err = prepare(digits(), &format!(r#"{{"inputs":[{},{extra}]}}"#, pixels("[1,64]", 64))).unwrap_err();
+        assert!(matches!(&err, InputError::Unknown { name, .. } if name == "extra"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_datatype_is_refused() {
+        let json =
+            format!(r#"{{"inputs":[{{"name":"pixels","shape":[1,64],"datatype":"INT64","data":{:?}}}]}}"#, [1; 64]);
+        let err = prepare(digits(), &json).unwrap_err();
+        assert_eq!(
+            err,
+            InputError::WrongDatatype { name: "pixels".into(), expected: DataType::Fp32, actual: DataType::Int64 }
+        );
+    }
+
+    #[test]
+    fn a_wrong_shape_is_refused_and_an_empty_batch_too() {
+        for (shape, count) in [("[1,63]", 63), ("[64]", 64), ("[1,1,64]", 64), ("[0,64]", 0)] {
+            let err = prepare(digits(), &format!(r#"{{"inputs":[{}]}}"#, pixels(shape, count))).unwrap_err();
+            assert!(
+                matches!(&err, InputError::WrongShape { expected, .. } if expected == "[-1, 64]"),
+                "{shape}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn inputs_that_disagree_on_the_batch_size_are_refused() {
+        let json = r#"{"inputs":[{"name":"a","shape":[1,2],"datatype":"FP32","data":[1,2]},
+                                  {"name":"b","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+        assert_eq!(prepare(add(), json).unwrap_err(), InputError::BatchMismatch(vec![1, 2]));
+    }
+
+    #[test]
+    fn an_output_asked_for_twice_or_unknown_is_refused() {
+        let outputs = r#"[{"name":"logits"},{"name":"probabilities"},{"name":"logits"}]"#;
+        let json = format!(r#"{{"inputs":[{}],"outputs":{outputs}}}"#, pixels("[1,64]", 64));
+        assert_eq!(prepare(digits(), &json).unwrap_err(), InputError::DuplicateOutput("logits".into()));
+        let json = format!(r#"{{"inputs":[{}],"outputs":[{{"name":"softmax"}}]}}"#, pixels("[1,64]", 64));
+        let err = prepare(digits(), &json).unwrap_err();
+        assert!(
+            matches!(&err, InputError::UnknownOutput { name, available, .. }
+            if name == "softmax" && available == &["logits", "probabilities"]),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn media_the_model_does_not_take_is_refused_saying_what_it_takes() {
+        let mut request = decode_media(Some("image/png"), b"\x89PNG", &[]).unwrap().unwrap();
+        let err = digits().prepare(&mut request).unwrap_err();
+        assert!(matches!(err, InputError::MediaNotAccepted { sent: "an image", .. }), "{err}");
+        assert!(err.to_string().contains("send an Open Inference Protocol request"), "{err}");
+        let mut request = decode_media(Some("audio/pcm"), &[0; 4], &[]).unwrap().unwrap();
+        let err = image_model().prepare(&mut request).unwrap_err();
+        assert!(err.to_string().contains("send a PNG or JPEG file"), "{err}");
+    }
+
+    #[test]
+    fn an_image_is_taken_whole_or_as_one_bytes_element_and_decoded_later() {
+        let mut request = decode_media(Some("image/png"), b"not yet decoded", &[]).unwrap().unwrap();
+        let prepared = image_model().prepare(&mut request).unwrap();
+        assert!(matches!(&prepared.pending, Some(Pending::Image(bytes)) if bytes == b"not yet decoded"));
+        assert_eq!((prepared.rows(), prepared.queued_bytes()), (1, 15));
+        let two = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"BYTES","data":["a","b"]}]}"#;
+        let err = prepare(image_model(), two).unwrap_err();
+        assert!(matches!(&err, InputError::WrongShape { expected, .. } if expected == "[1] (one image file)"), "{err}");
+    }
+
+    #[test]
+    fn audio_at_another_sample_rate_is_refused() {
+        let Some(vad) = vad() else { return eprintln!("skipped: models/silero_vad/model.onnx is missing") };
+        let mut request = decode_media(Some("audio/pcm;rate=8000"), &[0; 1024], &[]).unwrap().unwrap();
+        assert_eq!(
+            vad.prepare(&mut request).unwrap_err(),
+            InputError::SampleRate { model: "vad".into(), sent: 8000, expected: 16000 }
+        );
+        let mut request = decode_media(Some("audio/pcm;rate=16000"), &[0; 1024], &[]).unwrap().unwrap();
+        assert!(matches!(vad.prepare(&mut request).unwrap().pending, Some(Pending::Audio(s)) if s.len() == 512));
+    }
+
+    #[test]
+    fn a_session_state_input_sent_by_the_client_is_refused() {
+        let Some(vad) = vad() else { return eprintln!("skipped: models/silero_vad/model.onnx is missing") };
+        let json = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,576],"datatype":"FP32","data":{:?}}},
+                          {{"name":"h","shape":[1],"datatype":"FP32","data":[0]}}]}}"#,
+            vec![0.0f32; 576]
+        );
+        assert_eq!(prepare(vad, &json).unwrap_err(), InputError::StateInput { name: "h".into() });
+    }
+
+    #[test]
+    fn session_ids_are_refused_where_there_is_no_state_or_when_out_of_bounds() {
+        let json = format!(r#"{{"parameters":{{"session":"s"}},"inputs":[{}]}}"#, pixels("[1,64]", 64));
+        let err = prepare(digits(), &json).unwrap_err();
+        assert!(err.to_string().contains("keeps no state between requests"), "{err}");
+        let Some(vad) = vad() else { return eprintln!("skipped: models/silero_vad/model.onnx is missing") };
+        for id in [String::new(), "x".repeat(MAX_SESSION_ID_BYTES + 1)] {
+            let props = vec![("session".to_string(), id.clone())];
+            let mut request = decode_media(Some("audio/pcm"), &[0; 1024], &props).unwrap().unwrap();
+            let err = vad.prepare(&mut request).unwrap_err();
+            assert!(err.to_string().contains(&format!("it is {}", id.len())), "{err}");
+        }
+        let props = vec![("session".to_string(), "mic-1".to_string())];
+        let mut request = decode_media(Some("audio/pcm"), &[0; 1024], &props).unwrap().unwrap();
+        assert_eq!(vad.prepare(&mut request).unwrap().session.as_deref(), Some("mic-1"));
     }
 }
