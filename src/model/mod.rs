@@ -122,6 +122,21 @@ impl Model {
         }
     }
 
+    /// Where the `[preprocess]` input is among the graph's inputs: the order of
+    /// [`zero_inputs`](Model::zero_inputs) and [`run`](Model::run), which include session state
+    /// inputs that the metadata leaves out.
+    pub fn preprocess_input(&self) -> Option<usize> {
+        self.preprocess.as_ref().map(Preprocess::input)
+    }
+
+    /// The model's `[preprocess]` audio section, for a model that takes audio.
+    pub fn audio(&self) -> Option<&AudioDecl> {
+        match &self.preprocess {
+            Some(Preprocess::Audio { decl, .. }) => Some(decl),
+            _ => None,
+        }
+    }
+
     /// Live sessions, for the stats; `None` for a model without `[session]`.
     pub fn sessions(&self) -> Option<usize> {
         self.session.as_ref().map(|s| s.store.len())
