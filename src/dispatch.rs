@@ -136,11 +136,7 @@ impl Dispatcher {
             Some(media) => media,
             None => match header_length_from_properties(&props.user_properties).transpose() {
                 Ok(header_len) => decode_request(&publish.payload, header_len),
-                Err(e) => {
-                    return self
-                        .refuse(&request, &RequestIdentity::default(), ErrorCode::BadRequest, &e.to_string())
-                        .await
-                }
+                Err(e) => return self.refuse(&request, &RequestIdentity::default(), e.code(), &e.to_string()).await,
             },
         };
         let mut decoded = match decoded {
@@ -151,7 +147,7 @@ impl Dispatcher {
                     span.record("id", tracing::field::display(Untrusted(id)));
                 }
                 let message = too_long.unwrap_or_else(|| failure.error.to_string());
-                return self.refuse(&request, &failure.identity, ErrorCode::BadRequest, &message).await;
+                return self.refuse(&request, &failure.identity, failure.error.code(), &message).await;
             }
         };
         if let Some(message) = check_id(&mut decoded.identity) {

@@ -116,8 +116,8 @@ fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
             samples.push(t.elapsed());
         }
         preprocess = Some(latency(&mut samples, begin.elapsed()));
-        let name = model.metadata().preprocess.as_ref().and_then(|p| p["input"].as_str()).unwrap_or_default();
-        let input = model.metadata().inputs.iter().position(|i| i.name == name).expect("the preprocess input");
+        // Among the graph's inputs (the order of `zero_inputs`), which include session state.
+        let input = model.preprocess_input().expect("an image model has a preprocess input");
         let stacked: Vec<&Tensor> = (0..args.batch).map(|_| &prepared).collect();
         inputs[input] = Tensor::stack_tensors(0, &stacked)?.into_tvalue();
     }

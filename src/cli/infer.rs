@@ -40,8 +40,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         }
         (Some(path), Some("wav")) => {
             // A whole recording: its last frame is padded with silence, as a streaming client would.
-            let frame = model.metadata().preprocess.as_ref().and_then(|p| p["frame"].as_u64()).unwrap_or(1);
-            media_request(wav_samples(path, frame as usize)?)
+            let frame = model.audio().map_or(1, |audio| audio.frame);
+            media_request(wav_samples(path, frame)?)
         }
         (Some(path), _) => json_request(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?,
         (None, _) => {

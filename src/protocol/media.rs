@@ -15,57 +15,12 @@ use std::time::Duration;
 
 use tract_core::prelude::Tensor;
 
+use super::binary::tensor_from_le_bytes;
 use super::datatype::DataType;
-use super::request::{
-    tensor_from_le_bytes, DecodeError, DecodeFailure, InferRequest, RequestIdentity, RequestedOutput,
-};
+use super::error::{DecodeError, DecodeFailure, MediaError};
+use super::types::{InferRequest, RequestIdentity, RequestedOutput};
 
-/// The payload of a media request.
-#[derive(Debug)]
-pub enum Media {
-    /// A PNG or JPEG file.
-    Image(Vec<u8>),
-    /// Mono samples, INT16 or FP32, shape [n]; `rate` when the Content Type named one.
-    Audio { samples: Tensor, datatype: DataType, rate: Option<u32> },
-}
-
-impl Media {
-    /// What the request sent, for error messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Media::Image(_) => "an image",
-            Media::Audio { .. } => "audio samples",
-        }
-    }
-}
-
-/// Why a media request could not be read. Sent back to the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MediaError {
-    #[error("Content Type \"{0}\": format must be s16le or f32le")]
-    AudioFormat(String),
-    #[error("Content Type \"{0}\": rate must be a number of samples per second")]
-    AudioRate(String),
-    #[error("Content Type \"{0}\": only mono audio is accepted (channels=1); mix the channels down first")]
-    AudioChannels(String),
-    #[error("the WAV file is not readable: {0}")]
-    Wav(String),
-    #[error(
-        "the WAV file has {channels} channel(s) of {bits}-bit {format} samples; send mono 16-bit integer or \
-         32-bit float samples"
-    )]
-    WavFormat { channels: u16, bits: u16, format: &'static str },
-    #[error(
-        "Content Type \"{0}\" is not accepted; send image/png, image/jpeg, audio/pcm;format=s16le;rate=N, \
-         audio/wav, or an Open Inference Protocol request (application/json, or no Content Type)"
-    )]
-    Unsupported(String),
-    #[error("user property timeout_ms must be a whole number of milliseconds, got \"{0}\"")]
-    Timeout(String),
-    #[error(transparent)]
-    Samples(#[from] DecodeError),
-}
-
+pub use super::types::Media;
 /// `Some` when the Content Type names a media payload; `None` for everything else, which is then
 /// read as an Open Inference Protocol request.
 pub fn decode_media(
@@ -90,8 +45,7 @@ pub fn decode_media(
         "" | "application/json" | "application/octet-stream" | "text/json" | "text/plain" => return None,
         _ => Err(MediaError::Unsupported(content_type.chars().take(100).collect())),
     };
-    let fail =
-        |error: MediaError| DecodeFailure { identity: identity.clone(), error: DecodeError::Media(error.to_string()) };
+    let fail = |error: MediaError| DecodeFailure { identity: identity.clone(), error: DecodeError::Media(error) };
     let media = match media {
         Ok(media) => media,
         Err(e) => return Some(Err(fail(e))),
@@ -133,13 +87,10 @@ fn audio(content_type: &str, params: &[(String, &str)], payload: &[u8]) -> Resul
     let rate = rate.transpose()?;
     let size = datatype.element_size().expect("numeric");
     if !payload.len().is_multiple_of(size) {
-        return Err(DecodeError::BadData {
-            name: "payload".into(),
-            message: format!("{} bytes is not a whole number of {size}-byte samples", payload.len()),
-        }
-        .into());
+        let message = format!("{} bytes is not a whole number of {size}-byte samples", payload.len());
+        return Err(MediaError::Samples(message));
     }
-    let samples = tensor_from_le_bytes("payload", datatype, &[payload.len() / size], payload)?;
+    let samples = tensor_from_le_bytes(datatype, &[payload.len() / size], payload).map_err(MediaError::Samples)?;
     Ok(Media::Audio { samples, datatype, rate })
 }
 

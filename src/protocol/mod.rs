@@ -2,14 +2,20 @@
 //!
 //! Nothing here knows about MQTT or tract plans: bytes in, typed requests out; tensors in, bytes out.
 
+pub mod binary;
 pub mod datatype;
+pub mod error;
+mod json;
 pub mod media;
 pub mod metadata;
 pub mod request;
 pub mod response;
+pub mod types;
 
 pub use datatype::DataType;
-pub use media::{decode_media, Media};
+pub use error::{DecodeError, DecodeFailure, MediaError};
+pub use media::decode_media;
 pub use metadata::{ModelMetadata, TensorMetadata};
-pub use request::{decode_request, DecodeError, DecodeFailure, InferRequest, InputTensor, RequestIdentity};
+pub use request::decode_request;
 pub use response::{decode_reply, encode_error, encode_response, EncodedReply, ErrorCode, OutputTensor};
+pub use types::{InferRequest, InputTensor, Media, RequestIdentity, RequestedOutput};

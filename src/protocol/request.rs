@@ -5,113 +5,22 @@
 //! so numbers never pass through a generic JSON value tree. Binary inputs are copied from the bytes
 //! after the header without any number parsing at all.
 
-use std::fmt;
 use std::time::Duration;
 
-use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use tract_core::prelude::{f16, Blob, Datum, Tensor};
+use tract_core::prelude::Blob;
 
+use super::binary::{bytes_elements, take, tensor_from_le_bytes};
 use super::datatype::DataType;
+use super::json::{clean_serde_message, tensor_from_json};
 use crate::tensors::tensor_of;
 
-#[cfg(target_endian = "big")]
-compile_error!("the binary tensor extension is little-endian; big-endian hosts are not supported");
-
-/// MQTT v5 User Property that carries the JSON header length of a binary request or reply.
-pub const HEADER_LENGTH_PROPERTY: &str = "inference-header-content-length";
-
-/// A decoded, well-formed request. Whether the model accepts it is checked later, against the model.
-#[derive(Debug)]
-pub struct InferRequest {
-    pub identity: RequestIdentity,
-    pub inputs: Vec<InputTensor>,
-    /// The outputs the client asked for, in its order; `None` means every output.
-    pub outputs: Option<Vec<RequestedOutput>>,
-    /// `parameters.binary_data_output`: every output as raw bytes unless an output says otherwise.
-    pub binary_outputs: bool,
-    /// `parameters.timeout_ms`: how long the client will wait for the answer.
-    pub timeout: Option<Duration>,
-    /// `parameters.session`: the stream this request continues, for models with `[session]`.
-    pub session: Option<String>,
-    /// An image file or audio samples sent as the whole payload (MQTT Content Type), for the
-    /// model's `[preprocess]` input.
-    pub media: Option<super::media::Media>,
-}
-
-/// What is needed to answer a request, even one that failed to decode.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestIdentity {
-    /// The client's request id, echoed in the reply (top-level `id`, else `parameters.id`).
-    pub id: Option<String>,
-    /// `parameters.reply_to`: where an MQTT 3.1.1 client, which has no Response Topic, wants the reply.
-    pub reply_to: Option<String>,
-}
-
-/// One named input tensor, already in tract's representation.
-#[derive(Debug)]
-pub struct InputTensor {
-    pub name: String,
-    pub datatype: DataType,
-    pub tensor: Tensor,
-}
-
-/// An entry of the request's `outputs` list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestedOutput {
-    pub name: String,
-    /// `Some(true)` asks for this output as raw bytes, `Some(false)` as JSON, `None` follows the request.
-    pub binary: Option<bool>,
-}
-
-/// Why a payload is not a usable request. Each message names the offending field and what to send.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    #[error("malformed request JSON: {0}")]
-    MalformedJson(String),
-    #[error("the request has no inputs; send {{\"inputs\":[{{\"name\",\"shape\",\"datatype\",\"data\"}}]}}")]
-    NoInputs,
-    #[error("input \"{0}\" appears more than once")]
-    DuplicateInput(String),
-    #[error("input \"{name}\": {source}")]
-    UnknownDataType { name: String, source: super::datatype::UnknownDataType },
-    #[error("input \"{0}\": BYTES elements are each a 4-byte little-endian length and that many bytes; {1}")]
-    BadBytes(String, String),
-    #[error("input \"{name}\": shape {shape:?} is too large")]
-    ShapeOverflow { name: String, shape: Vec<u64> },
-    #[error("input \"{name}\": has neither \"data\" nor parameters.binary_data_size")]
-    NoData { name: String },
-    #[error("input \"{name}\": {message}")]
-    BadData { name: String, message: String },
-    #[error("input \"{name}\": shape {shape:?} needs {expected} values, data has {actual}")]
-    LengthMismatch { name: String, shape: Vec<usize>, expected: usize, actual: usize },
-    #[error("input \"{name}\": binary_data_size is {actual} bytes, shape {shape:?} of {datatype} needs {expected}")]
-    BinarySizeMismatch { name: String, shape: Vec<usize>, datatype: DataType, expected: usize, actual: usize },
-    #[error("binary inputs need {needed} bytes after the {header} byte header, the payload has {available}")]
-    BinaryTruncated { header: usize, needed: usize, available: usize },
-    #[error("{extra} bytes after the JSON header are not claimed by any input's binary_data_size")]
-    BinaryTrailing { extra: usize },
-    #[error("header length {header} (user property {HEADER_LENGTH_PROPERTY}) exceeds the {payload} byte payload")]
-    HeaderLengthTooLarge { header: usize, payload: usize },
-    #[error("user property {HEADER_LENGTH_PROPERTY} must be a byte count, got \"{0}\"")]
-    BadHeaderLength(String),
-    #[error("{0}")]
-    Media(String),
-}
-
-/// A request that could not be decoded, with whatever identity could be recovered for the reply.
-#[derive(Debug)]
-pub struct DecodeFailure {
-    pub identity: RequestIdentity,
-    pub error: DecodeError,
-}
-
-/// Parses the value of the `inference-header-content-length` user property.
-pub fn parse_header_length(value: &str) -> Result<usize, DecodeError> {
-    value.trim().parse().map_err(|_| DecodeError::BadHeaderLength(value.to_string()))
-}
+pub use super::binary::{
+    binary_bytes, encode_binary_request, header_length_from_properties, parse_header_length, HEADER_LENGTH_PROPERTY,
+};
+pub use super::error::{DecodeError, DecodeFailure};
+pub use super::types::{InferRequest, InputTensor, RequestIdentity, RequestedOutput};
 
 /// Decodes a request payload. `header_len` is the binary extension's JSON header length, when the
 /// message carried one (MQTT v5 user property). Without it, the JSON header ends where its object
@@ -301,7 +210,7 @@ impl RawInput<'_> {
             self.datatype.parse().map_err(|source| DecodeError::UnknownDataType { name: self.name.clone(), source })?;
         let shape = checked_shape(&self.name, &self.shape)?;
         let Some(element_size) = datatype.element_size() else {
-            return self.into_bytes_tensor(shape, binary, offset);
+            return self.into_bytes_tensor(shape, header_len, binary, offset);
         };
         let name = self.name;
         let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
@@ -320,15 +229,9 @@ impl RawInput<'_> {
                     actual: size,
                 });
             }
-            let end =
-                offset.checked_add(size).filter(|&end| end <= binary.len()).ok_or(DecodeError::BinaryTruncated {
-                    header: header_len,
-                    needed: offset.saturating_add(size),
-                    available: binary.len(),
-                })?;
-            let bytes = &binary[*offset..end];
-            *offset = end;
-            tensor_from_le_bytes(&name, datatype, &shape, bytes)?
+            let bytes = take(binary, offset, size, header_len)?;
+            tensor_from_le_bytes(datatype, &shape, bytes)
+                .map_err(|message| DecodeError::BadData { name: name.clone(), message })?
         } else if let Some(data) = self.data {
             tensor_from_json(&name, datatype, &shape, count, data)?
         } else {
@@ -336,14 +239,13 @@ impl RawInput<'_> {
         };
         Ok(InputTensor { name, datatype, tensor })
     }
-}
 
-impl RawInput<'_> {
     /// A BYTES input (an encoded image, say): in JSON, an array of strings; in binary, each element
     /// as a 4-byte little-endian length and its bytes (the Triton convention).
     fn into_bytes_tensor(
         self,
         shape: Vec<usize>,
+        header_len: usize,
         binary: &[u8],
         offset: &mut usize,
     ) -> Result<InputTensor, DecodeError> {
@@ -353,31 +255,9 @@ impl RawInput<'_> {
             return Err(DecodeError::ShapeOverflow { name, shape: self.shape });
         };
         let elements: Vec<Blob> = if let Some(size) = self.parameters.binary_data_size {
-            let size = usize::try_from(size).unwrap_or(usize::MAX);
-            let end =
-                offset.checked_add(size).filter(|&end| end <= binary.len()).ok_or(DecodeError::BinaryTruncated {
-                    header: 0,
-                    needed: offset.saturating_add(size),
-                    available: binary.len(),
-                })?;
-            let mut bytes = &binary[*offset..end];
-            *offset = end;
-            let mut elements = Vec::with_capacity(count);
-            while !bytes.is_empty() {
-                let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
-                    return Err(DecodeError::BadBytes(name, "the data ends inside a length".into()));
-                };
-                let len = u32::from_le_bytes(*len) as usize;
-                if len > rest.len() {
-                    return Err(DecodeError::BadBytes(
-                        name,
-                        format!("an element claims {len} bytes, {} remain", rest.len()),
-                    ));
-                }
-                elements.push(Blob::from_bytes(&rest[..len]).expect("a byte buffer"));
-                bytes = &rest[len..];
-            }
-            elements
+            let bytes = take(binary, offset, usize::try_from(size).unwrap_or(usize::MAX), header_len)?;
+            let parts = bytes_elements(bytes).map_err(|e| DecodeError::BadBytes(name.clone(), e.to_string()))?;
+            parts.into_iter().map(|part| Blob::from_bytes(part).expect("a byte buffer")).collect()
         } else if let Some(data) = self.data {
             let strings: Vec<String> = serde_json::from_str(data.get()).map_err(|e| DecodeError::BadData {
                 name: name.clone(),
@@ -395,275 +275,12 @@ impl RawInput<'_> {
     }
 }
 
-/// A tensor's bytes in the binary extension: raw little-endian values, or for BYTES (blobs and
-/// strings) each element as a 4-byte length and its bytes.
-pub fn binary_bytes(tensor: &Tensor) -> std::borrow::Cow<'_, [u8]> {
-    let prefixed = |parts: &mut dyn Iterator<Item = &[u8]>| {
-        let mut out = Vec::new();
-        for part in parts {
-            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            out.extend_from_slice(part);
-        }
-        std::borrow::Cow::Owned(out)
-    };
-    if let Ok(blobs) = crate::tensors::elements::<Blob>(tensor) {
-        return prefixed(&mut blobs.iter().map(|b| b.as_bytes()));
-    }
-    if let Ok(strings) = crate::tensors::elements::<String>(tensor) {
-        return prefixed(&mut strings.iter().map(|s| s.as_bytes()));
-    }
-    std::borrow::Cow::Borrowed(tensor.as_bytes())
-}
-
 fn checked_shape(name: &str, shape: &[u64]) -> Result<Vec<usize>, DecodeError> {
     shape
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| DecodeError::ShapeOverflow { name: name.to_string(), shape: shape.to_vec() })
-}
-
-pub(super) fn tensor_from_le_bytes(
-    name: &str,
-    datatype: DataType,
-    shape: &[usize],
-    bytes: &[u8],
-) -> Result<Tensor, DecodeError> {
-    let dt = datatype.datum_type().expect("BYTES inputs are decoded apart");
-    if datatype == DataType::Bool {
-        if let Some(pos) = bytes.iter().position(|&b| b > 1) {
-            return Err(DecodeError::BadData {
-                name: name.to_string(),
-                message: format!("BOOL byte {pos} is {}, must be 0 or 1", bytes[pos]),
-            });
-        }
-    }
-    // SAFETY: every bit pattern is a valid value of the numeric datum types, and BOOL bytes were
-    // checked above to be 0 or 1; `from_raw_dt` copies into a freshly aligned buffer.
-    unsafe { Tensor::from_raw_dt(dt, shape, bytes) }
-        .map_err(|e| DecodeError::BadData { name: name.to_string(), message: e.to_string() })
-}
-
-fn tensor_from_json(
-    name: &str,
-    datatype: DataType,
-    shape: &[usize],
-    count: usize,
-    data: &RawValue,
-) -> Result<Tensor, DecodeError> {
-    fn typed<T: JsonElement>(
-        name: &str,
-        shape: &[usize],
-        count: usize,
-        data: &RawValue,
-    ) -> Result<Tensor, DecodeError> {
-        // A lying shape must not make us reserve gigabytes: every value takes at least one byte of JSON.
-        let mut values: Vec<T> = Vec::with_capacity(count.min(data.get().len()));
-        let mut de = serde_json::Deserializer::from_str(data.get());
-        Flatten { out: &mut values, limit: count }
-            .deserialize(&mut de)
-            .map_err(|e| DecodeError::BadData { name: name.to_string(), message: clean_serde_message(&e) })?;
-        if values.len() != count {
-            return Err(DecodeError::LengthMismatch {
-                name: name.to_string(),
-                shape: shape.to_vec(),
-                expected: count,
-                actual: values.len(),
-            });
-        }
-        Tensor::from_shape(shape, &values)
-            .map_err(|e| DecodeError::BadData { name: name.to_string(), message: e.to_string() })
-    }
-    match datatype {
-        DataType::Bool => typed::<bool>(name, shape, count, data),
-        DataType::Uint8 => typed::<u8>(name, shape, count, data),
-        DataType::Uint16 => typed::<u16>(name, shape, count, data),
-        DataType::Uint32 => typed::<u32>(name, shape, count, data),
-        DataType::Uint64 => typed::<u64>(name, shape, count, data),
-        DataType::Int8 => typed::<i8>(name, shape, count, data),
-        DataType::Int16 => typed::<i16>(name, shape, count, data),
-        DataType::Int32 => typed::<i32>(name, shape, count, data),
-        DataType::Int64 => typed::<i64>(name, shape, count, data),
-        DataType::Fp16 => typed::<f16>(name, shape, count, data),
-        DataType::Fp32 => typed::<f32>(name, shape, count, data),
-        DataType::Fp64 => typed::<f64>(name, shape, count, data),
-        DataType::Bytes => unreachable!("BYTES inputs are decoded apart"),
-    }
-}
-
-/// serde_json appends "at line 1 column N" positions relative to the `data` slice, which would
-/// mislead a reader of the whole request; the message itself is what matters.
-fn clean_serde_message(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    match msg.rfind(" at line ") {
-        Some(pos) => msg[..pos].to_string(),
-        None => msg,
-    }
-}
-
-/// An element type that JSON numbers (or booleans) convert into without loss of meaning.
-trait JsonElement: Datum + Copy {
-    const NAME: &'static str;
-    fn from_f64(v: f64) -> Option<Self>;
-    fn from_i64(v: i64) -> Option<Self>;
-    fn from_u64(v: u64) -> Option<Self>;
-    fn from_bool(_: bool) -> Option<Self> {
-        None
-    }
-}
-
-macro_rules! integer_element {
-    ($($t:ty => $name:literal),*) => {$(
-        impl JsonElement for $t {
-            const NAME: &'static str = $name;
-            fn from_f64(v: f64) -> Option<Self> {
-                (v.fract() == 0.0 && v >= <$t>::MIN as f64 && v <= <$t>::MAX as f64).then(|| v as $t)
-            }
-            fn from_i64(v: i64) -> Option<Self> {
-                <$t>::try_from(v).ok()
-            }
-            fn from_u64(v: u64) -> Option<Self> {
-                <$t>::try_from(v).ok()
-            }
-        }
-    )*};
-}
-integer_element!(u8 => "UINT8", u16 => "UINT16", u32 => "UINT32", u64 => "UINT64",
-                 i8 => "INT8", i16 => "INT16", i32 => "INT32", i64 => "INT64");
-
-macro_rules! float_element {
-    ($($t:ty => $name:literal, $from:expr),*) => {$(
-        impl JsonElement for $t {
-            const NAME: &'static str = $name;
-            fn from_f64(v: f64) -> Option<Self> {
-                Some($from(v))
-            }
-            fn from_i64(v: i64) -> Option<Self> {
-                Some($from(v as f64))
-            }
-            fn from_u64(v: u64) -> Option<Self> {
-                Some($from(v as f64))
-            }
-        }
-    )*};
-}
-float_element!(f32 => "FP32", |v: f64| v as f32, f64 => "FP64", |v: f64| v, f16 => "FP16", f16::from_f64);
-
-impl JsonElement for bool {
-    const NAME: &'static str = "BOOL";
-    fn from_f64(_: f64) -> Option<Self> {
-        None
-    }
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_u64(_: u64) -> Option<Self> {
-        None
-    }
-    fn from_bool(v: bool) -> Option<Self> {
-        Some(v)
-    }
-}
-
-/// Pushes the leaves of arbitrarily nested JSON arrays into one flat buffer, in row-major order.
-struct Flatten<'v, T> {
-    out: &'v mut Vec<T>,
-    limit: usize,
-}
-
-impl<'de, T: JsonElement> DeserializeSeed<'de> for Flatten<'_, T> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<T: JsonElement> Flatten<'_, T> {
-    fn push<E: serde::de::Error>(self, v: Option<T>, shown: &dyn fmt::Display) -> Result<(), E> {
-        if self.out.len() == self.limit {
-            return Err(E::custom(format!("more values than the shape holds ({})", self.limit)));
-        }
-        let v = v.ok_or_else(|| E::custom(format!("{shown} is not a valid {} value", T::NAME)))?;
-        self.out.push(v);
-        Ok(())
-    }
-}
-
-impl<'de, T: JsonElement> Visitor<'de> for Flatten<'_, T> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} values, as a flat or nested array", T::NAME)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten { out: &mut *self.out, limit: self.limit })?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(T::from_f64(v), &v)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.push(T::from_i64(v), &v)
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.push(T::from_u64(v), &v)
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        self.push(T::from_bool(v), &v)
-    }
-}
-
-/// Reads the per-message metadata the decoder needs from MQTT v5 user properties.
-pub fn header_length_from_properties(user_properties: &[(String, String)]) -> Option<Result<usize, DecodeError>> {
-    user_properties
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(HEADER_LENGTH_PROPERTY))
-        .map(|(_, v)| parse_header_length(v))
-}
-
-/// Re-encodes a request in the binary tensor extension: the same inputs as raw little-endian bytes
-/// after a JSON header, and binary outputs asked for. Returns the payload and the header length.
-pub fn encode_binary_request(request: &InferRequest) -> (Vec<u8>, usize) {
-    let inputs: Vec<serde_json::Value> = request
-        .inputs
-        .iter()
-        .map(|i| {
-            serde_json::json!({
-                "name": i.name,
-                "shape": i.tensor.shape(),
-                "datatype": i.datatype,
-                "parameters": {"binary_data_size": binary_bytes(&i.tensor).len()},
-            })
-        })
-        .collect();
-    let mut header = serde_json::json!({"parameters": {"binary_data_output": true}, "inputs": inputs});
-    if let Some(id) = &request.identity.id {
-        header["id"] = id.as_str().into();
-    }
-    if let Some(reply_to) = &request.identity.reply_to {
-        header["parameters"]["reply_to"] = reply_to.as_str().into();
-    }
-    if let Some(timeout) = request.timeout {
-        header["parameters"]["timeout_ms"] = (timeout.as_millis() as u64).into();
-    }
-    if let Some(session) = &request.session {
-        header["parameters"]["session"] = session.as_str().into();
-    }
-    if let Some(outputs) = &request.outputs {
-        header["outputs"] = outputs.iter().map(|o| serde_json::json!({"name": o.name})).collect();
-    }
-    let mut payload = serde_json::to_vec(&header).expect("a JSON object serialises");
-    let header_len = payload.len();
-    for input in &request.inputs {
-        payload.extend_from_slice(&binary_bytes(&input.tensor));
-    }
-    (payload, header_len)
 }
 
 #[cfg(test)]

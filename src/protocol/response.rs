@@ -4,8 +4,8 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::{json, Value};
 use tract_core::prelude::{f16, Datum, Tensor};
 
+use super::binary::{binary_bytes, bytes_elements};
 use super::datatype::DataType;
-use super::request::binary_bytes;
 
 /// One output to send back, and whether it goes as raw bytes after the JSON header.
 #[derive(Debug)]
@@ -287,16 +287,9 @@ fn binary_to_json(datatype: DataType, bytes: &[u8]) -> Option<Value> {
 }
 
 /// BYTES elements (4-byte length, then the bytes) as JSON strings, lossy where not UTF-8.
-fn bytes_to_json(mut bytes: &[u8]) -> Option<Value> {
-    let mut values = Vec::new();
-    while !bytes.is_empty() {
-        let (len, rest) = bytes.split_first_chunk::<4>()?;
-        let len = u32::from_le_bytes(*len) as usize;
-        let element = rest.get(..len)?;
-        values.push(Value::from(String::from_utf8_lossy(element).into_owned()));
-        bytes = &rest[len..];
-    }
-    Some(Value::Array(values))
+fn bytes_to_json(bytes: &[u8]) -> Option<Value> {
+    let elements = bytes_elements(bytes).ok()?;
+    Some(Value::Array(elements.into_iter().map(|e| Value::from(String::from_utf8_lossy(e).into_owned())).collect()))
 }
 
 #[cfg(test)]

@@ -201,6 +201,7 @@ pub(super) mod tests {
     use std::sync::Mutex;
 
     use tokio::sync::Semaphore;
+    use tract_core::prelude::{tvec, IntoTValue, Tensor};
 
     use super::super::{PoolConfig, Scheduler};
     use super::*;
@@ -228,11 +229,57 @@ pub(super) mod tests {
         repository
     }
 
+    /// The digits model again, with dynamic batching on: up to 4 rows, gathered for up to 300 ms.
+    fn batched_digits() -> (tempfile::TempDir, ModelRepository) {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+        let model = dir.path().join("digits");
+        std::fs::create_dir(&model).unwrap();
+        for file in ["model.onnx", "labels.txt"] {
+            std::os::unix::fs::symlink(shipped.join(file), model.join(file)).unwrap();
+        }
+        let mut toml = std::fs::read_to_string(shipped.join("model.toml")).unwrap();
+        toml.push_str("\n[serving]\nmax_batch_size = 4\nmax_queue_delay_us = 300000\n");
+        std::fs::write(model.join("model.toml"), toml).unwrap();
+        let (repository, failures) = ModelRepository::load(dir.path(), None).unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        (dir, repository)
+    }
+
+    /// A scheduler of one worker per model, `queue` jobs deep, whose replies go to a channel of
+    /// `replies` places; with a reply topic for its jobs.
+    fn start(
+        repository: &ModelRepository,
+        queue: usize,
+        replies: usize,
+    ) -> (Scheduler, tokio::sync::mpsc::Receiver<Command>, ReplyTo) {
+        let (tx, rx) = tokio::sync::mpsc::channel(replies);
+        let limits = Arc::new(ReplyLimits::new(1 << 20, 1 << 20));
+        let pool = PoolConfig { workers_per_model: 1, queue_capacity: queue };
+        (Scheduler::start(repository, pool, tx, limits.clone()), rx, reply_to(&limits))
+    }
+
+    fn reply_to(limits: &Arc<ReplyLimits>) -> ReplyTo {
+        ReplyTo {
+            topic: "t".into(),
+            correlation: None,
+            qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            counts: Arc::default(),
+            limits: limits.clone(),
+            ack: None,
+        }
+    }
+
     fn job(repository: &ModelRepository, id: &str, reply: &ReplyTo) -> Job {
+        rows_job(repository, id, reply, &[1.0; 64])
+    }
+
+    /// A job of `pixels.len() / 64` rows.
+    fn rows_job(repository: &ModelRepository, id: &str, reply: &ReplyTo, pixels: &[f32]) -> Job {
         let model = repository.get("digits").unwrap().clone();
         let json = format!(
-            r#"{{"id":"{id}","inputs":[{{"name":"pixels","shape":[1,64],"datatype":"FP32","data":{:?}}}]}}"#,
-            vec![1.0f32; 64]
+            r#"{{"id":"{id}","inputs":[{{"name":"pixels","shape":[{},64],"datatype":"FP32","data":{pixels:?}}}]}}"#,
+            pixels.len() / 64
         );
         let mut request = decode_request(json.as_bytes(), None).unwrap();
         let inputs = model.prepare(&mut request).unwrap();
@@ -256,18 +303,7 @@ pub(super) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_panic_becomes_an_internal_error_and_the_worker_goes_on() {
         let repository = digits();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        let limits = Arc::new(ReplyLimits::new(1 << 20, 1 << 20));
-        let pool = PoolConfig { workers_per_model: 1, queue_capacity: 4 };
-        let scheduler = Scheduler::start(&repository, pool, tx, limits.clone());
-        let reply = ReplyTo {
-            topic: "t".into(),
-            correlation: None,
-            qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            counts: Arc::default(),
-            limits,
-            ack: None,
-        };
+        let (scheduler, mut rx, reply) = start(&repository, 4, 8);
         *PANIC_ON.lock().unwrap() = Some("boom");
         assert!(scheduler.submit(job(&repository, "boom", &reply)).is_ok());
         let first = reply_json(rx.recv().await.unwrap());
@@ -278,5 +314,80 @@ pub(super) mod tests {
         assert_eq!(second["id"], "fine");
         assert_eq!(second["outputs"].as_array().map(Vec::len), Some(2), "{second}");
         tokio::task::spawn_blocking(move || scheduler.shutdown(Duration::from_secs(1))).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_batch_is_gathered_up_to_max_batch_size_and_each_request_gets_its_own_rows() {
+        let (_dir, repository) = batched_digits();
+        let model = repository.get("digits").unwrap().clone();
+        // What each request's rows give when run alone.
+        let rows: Vec<Vec<f32>> = (0..5).map(|r| (0..64).map(|i| ((i * (r + 1)) % 17) as f32).collect()).collect();
+        let alone: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|row| {
+                let input = Tensor::from_shape(&[1, 64], row).unwrap().into_tvalue();
+                crate::tensors::elements::<f32>(&model.run(tvec![input]).unwrap()[0]).unwrap().to_vec()
+            })
+            .collect();
+        let (scheduler, mut rx, reply) = start(&repository, 8, 8);
+        // 1 + 2 rows fit in 4, the next 2 rows do not: two runs, gathered while the first waits
+        // out max_queue_delay_us.
+        let jobs = [("one", &rows[0..1]), ("two", &rows[1..3]), ("three", &rows[3..5])]
+            .map(|(id, rows)| rows_job(&repository, id, &reply, &rows.concat()));
+        for job in jobs {
+            assert!(scheduler.submit(job).is_ok());
+        }
+        let mut logits = std::collections::HashMap::new();
+        for _ in 0..3 {
+            let v = reply_json(rx.recv().await.unwrap());
+            let out = &v["outputs"][0];
+            assert_eq!(out["name"], "logits", "{v}");
+            let data: Vec<f32> = out["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            assert_eq!(out["shape"][1], 10);
+            assert_eq!(data.len(), out["shape"][0].as_u64().unwrap() as usize * 10, "{v}");
+            logits.insert(v["id"].as_str().unwrap().to_string(), data);
+        }
+        let close = |got: &[f32], want: &[f32]| got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-4);
+        assert!(close(&logits["one"], &alone[0]), "{:?} vs {:?}", logits["one"], alone[0]);
+        assert!(close(&logits["two"], &[alone[1].clone(), alone[2].clone()].concat()));
+        assert!(close(&logits["three"], &[alone[3].clone(), alone[4].clone()].concat()));
+        tokio::task::spawn_blocking(move || scheduler.shutdown(Duration::from_secs(1))).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_expired_job_is_answered_deadline_exceeded_without_computing() {
+        let repository = digits();
+        let (scheduler, mut rx, reply) = start(&repository, 4, 8);
+        let mut late = job(&repository, "late", &reply);
+        late.deadline = Some(Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(scheduler.submit(late).is_ok());
+        let v = reply_json(rx.recv().await.unwrap());
+        assert_eq!((v["id"].as_str(), v["code"].as_str()), (Some("late"), Some("deadline_exceeded")), "{v}");
+        assert!(v["error"].as_str().unwrap().contains("not computed"), "{v}");
+        assert!(v.get("outputs").is_none(), "{v}");
+        tokio::task::spawn_blocking(move || scheduler.shutdown(Duration::from_secs(1))).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_still_queued_past_the_shutdown_grace_are_answered_shutting_down() {
+        let repository = digits();
+        // Room for one reply: the worker blocks on the second until the test reads, with the
+        // last two jobs still queued.
+        let (scheduler, mut rx, reply) = start(&repository, 8, 1);
+        for id in ["a", "b", "c", "d"] {
+            assert!(scheduler.submit(job(&repository, id, &reply)).is_ok());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stopping = tokio::task::spawn_blocking(move || scheduler.shutdown(Duration::ZERO));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let v = reply_json(rx.recv().await.unwrap());
+            codes.push((v["id"].as_str().unwrap().to_string(), v["code"].as_str().unwrap_or("ok").to_string()));
+        }
+        stopping.await.unwrap();
+        let want = [("a", "ok"), ("b", "ok"), ("c", "shutting_down"), ("d", "shutting_down")];
+        assert_eq!(codes, want.map(|(id, code)| (id.to_string(), code.to_string())));
     }
 }

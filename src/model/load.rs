@@ -1,0 +1,258 @@
+//! Loading: an ONNX file (or the model cache's decluttered form) becomes an optimised, warmed-up
+//! tract plan, its inputs fixed from `model.toml` or the graph and its outputs described.
+
+use std::path::Path;
+
+use tract_core::prelude::*;
+use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceModelExt};
+use tract_onnx::tract_hir::infer::Factoid;
+
+use super::contract::{check_batchable, resolve_postprocess, resolve_preprocess, resolve_session};
+use super::postprocess::Postprocess;
+use super::{cache, manifest, LoadError, Model, ModelCache, ModelManifest};
+use crate::protocol::{DataType, ModelMetadata, TensorMetadata};
+
+/// Name of the batch symbol given to a `-1` leading dimension.
+const BATCH_SYMBOL: &str = "N";
+
+impl Model {
+    /// Loads `dir/model.onnx` (and `dir/model.toml` when present) as model `name`, through `cache`
+    /// when there is one.
+    pub fn load(name: &str, dir: &Path, cache: Option<&ModelCache>) -> Result<Model, LoadError> {
+        let manifest_err = |source| LoadError::Manifest { model: name.to_string(), source };
+        let manifest = ModelManifest::read(dir).map_err(manifest_err)?.unwrap_or_default();
+        let onnx = dir.join("model.onnx");
+        if !onnx.is_file() {
+            return Err(LoadError::MissingOnnx { model: name.to_string(), dir: dir.to_path_buf() });
+        }
+        let labels = manifest.read_labels(dir).map_err(manifest_err)?;
+        let dictionary = manifest.read_dictionary(dir).map_err(manifest_err)?;
+        Model::from_onnx(name, &onnx, &manifest, labels, dictionary, cache)
+    }
+
+    /// Loads an ONNX file with an explicit manifest; `inspect` uses this for a bare `.onnx` file.
+    pub fn from_onnx(
+        name: &str,
+        onnx: &Path,
+        manifest: &ModelManifest,
+        labels: Option<Vec<String>>,
+        dictionary: Option<Vec<String>>,
+        cache: Option<&ModelCache>,
+    ) -> Result<Model, LoadError> {
+        let tract = |stage: &'static str| {
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
+        };
+        let entry = cache.and_then(|cache| cache.entry(name, onnx));
+        if let Some(cached) = entry.as_ref().and_then(|entry| entry.load()) {
+            return Model::from_decluttered(name, cached, manifest, labels, dictionary);
+        }
+        let mut graph = tract_onnx::onnx()
+            .with_ignore_output_shapes(true)
+            .with_ignore_value_info(manifest.ignore_value_info)
+            .model_for_path(onnx)
+            .map_err(tract("parse the ONNX file"))?;
+        let inputs = fix_inputs(name, &mut graph, manifest)?;
+        let output_names: Vec<String> = graph
+            .output_outlets()
+            .map_err(tract("list outputs"))?
+            .iter()
+            .map(|o| graph.outlet_label(*o).unwrap_or(&graph.node(o.node).name).to_string())
+            .collect();
+        // Decluttered, not optimised: the form the cache keeps (see `cache`).
+        let typed = graph.into_typed().and_then(|t| t.into_decluttered()).map_err(tract("type the graph"))?;
+        if let Some(entry) = &entry {
+            entry.store(&typed, &inputs, &output_names);
+        }
+        let decluttered = cache::CachedModel { typed, inputs, output_names };
+        Model::from_decluttered(name, decluttered, manifest, labels, dictionary)
+    }
+
+    /// Optimises a decluttered graph for this CPU, checks its outputs against `model.toml`, builds
+    /// the plan and runs it once.
+    fn from_decluttered(
+        name: &str,
+        decluttered: cache::CachedModel,
+        manifest: &ModelManifest,
+        labels: Option<Vec<String>>,
+        dictionary: Option<Vec<String>>,
+    ) -> Result<Model, LoadError> {
+        let tract = |stage: &'static str| {
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
+        };
+        let cache::CachedModel { typed, inputs, output_names } = decluttered;
+        let typed = typed.into_optimized().map_err(tract("optimise the graph"))?;
+        let outputs = describe_outputs(name, &typed, &output_names, manifest)?;
+        if manifest.serving.max_batch_size.is_some_and(|b| b > 1) {
+            check_batchable(name, &inputs, &outputs)?;
+        }
+        let plan = typed.into_runnable().map_err(tract("build a plan"))?;
+        let preprocess = resolve_preprocess(name, manifest, &inputs)?;
+        let names = match &manifest.postprocess {
+            Some(manifest::PostprocessDecl::Ctc(_)) => dictionary,
+            _ => labels.clone(),
+        };
+        let postprocess = resolve_postprocess(name, manifest, &outputs, names)?;
+        let session = resolve_session(name, manifest, &inputs, &outputs)?;
+        let raw_outputs = outputs.len();
+        let mut public_outputs = outputs;
+        public_outputs.extend(postprocess.iter().flat_map(Postprocess::outputs));
+        let state_inputs: Vec<usize> = session.iter().flat_map(|s| s.state.iter().map(|(i, _, _)| *i)).collect();
+        let public_inputs =
+            inputs.iter().enumerate().filter(|(i, _)| !state_inputs.contains(i)).map(|(_, t)| t.clone()).collect();
+        let mut serving = manifest.serving.clone();
+        if session.is_some() {
+            // One thread, so that a session's requests are computed in the order they came.
+            serving.workers = Some(1);
+        }
+        let model = Model {
+            metadata: ModelMetadata {
+                name: name.to_string(),
+                platform: crate::protocol::metadata::PLATFORM.to_string(),
+                inputs: public_inputs,
+                outputs: public_outputs,
+                description: manifest.description.clone(),
+                labels,
+                preprocess: manifest.preprocess.as_ref().and_then(|d| serde_json::to_value(d).ok()),
+                postprocess: manifest.postprocess.as_ref().and_then(|d| serde_json::to_value(d).ok()),
+                session: manifest.session.as_ref().and_then(|d| serde_json::to_value(d).ok()),
+            },
+            inputs,
+            raw_outputs,
+            serving,
+            plan,
+            preprocess,
+            postprocess,
+            session,
+        };
+        model.warm_up().map_err(tract("run the model on zeros"))?;
+        Ok(model)
+    }
+}
+
+/// Gives every graph input a concrete datatype and shape (a leading batch dimension may stay
+/// symbolic), from `model.toml` where it declares the input, else from the ONNX file.
+fn fix_inputs(
+    model: &str,
+    graph: &mut InferenceModel,
+    manifest: &ModelManifest,
+) -> Result<Vec<TensorMetadata>, LoadError> {
+    let names: Vec<String> = graph
+        .input_outlets()
+        .map_err(|e| LoadError::Tract { model: model.into(), stage: "list inputs", reason: format!("{e:#}") })?
+        .iter()
+        .map(|o| graph.node(o.node).name.clone())
+        .collect();
+    if let Some(decl) = manifest.inputs.iter().find(|d| !names.contains(&d.name)) {
+        return Err(LoadError::UnknownTensor {
+            model: model.into(),
+            kind: "input",
+            name: decl.name.clone(),
+            available: names,
+        });
+    }
+    let tract = |stage: &'static str| {
+        move |e: TractError| LoadError::Tract { model: model.into(), stage, reason: format!("{e:#}") }
+    };
+    // Constant inputs first: they become part of the graph and leave the input list.
+    let outlets = graph.input_outlets().map_err(tract("list inputs"))?.to_vec();
+    for (outlet, name) in outlets.iter().zip(&names) {
+        let Some(decl) = manifest.inputs.iter().find(|d| &d.name == name && d.value.is_some()) else {
+            continue;
+        };
+        let value = decl.constant().map_err(tract("make the constant input"))?;
+        let node = graph.node_mut(outlet.node);
+        node.op = Box::new(
+            tract_onnx::tract_hir::ops::konst::Const::new(value.clone().into_arc_tensor())
+                .map_err(tract("make the constant input"))?,
+        );
+        node.outputs[0].fact = InferenceFact::from(value);
+        graph.inputs.retain(|o| o != outlet);
+    }
+    let names: Vec<String> =
+        names.into_iter().filter(|n| !manifest.inputs.iter().any(|d| &d.name == n && d.value.is_some())).collect();
+    let batch = graph.symbols.sym(BATCH_SYMBOL);
+    let mut specs = Vec::with_capacity(names.len());
+    for (ix, name) in names.iter().enumerate() {
+        let spec = match manifest.inputs.iter().find(|d| &d.name == name) {
+            Some(decl) => TensorMetadata { name: name.clone(), datatype: decl.datatype, shape: decl.shape.clone() },
+            None => onnx_input_spec(model, name, graph.input_fact(ix).expect("index from input_outlets"))?,
+        };
+        let dt = spec.datatype.datum_type().expect("numeric inputs only");
+        let dims: TVec<TDim> =
+            spec.shape.iter().map(|&d| if d < 0 { TDim::from(batch.clone()) } else { TDim::from(d) }).collect();
+        graph.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(|e| LoadError::Tract {
+            model: model.into(),
+            stage: "set the input shape",
+            reason: format!("{e:#}"),
+        })?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn onnx_input_spec(model: &str, name: &str, fact: &InferenceFact) -> Result<TensorMetadata, LoadError> {
+    let unfixed = |what| LoadError::UnfixedInput { model: model.into(), input: name.into(), what };
+    let datum = fact.datum_type.concretize().ok_or_else(|| unfixed("datatype"))?;
+    let datatype = DataType::from_datum_type(datum)
+        .filter(|d| *d != DataType::Bytes)
+        .ok_or_else(|| LoadError::UnsupportedType { model: model.into(), kind: "input", name: name.into(), datum })?;
+    let dims = fact.shape.concretize().ok_or_else(|| unfixed("rank"))?;
+    let shape = dims
+        .iter()
+        .enumerate()
+        .map(|(axis, d)| match d.to_i64() {
+            Ok(v) => Ok(v),
+            Err(_) if axis == 0 => Ok(-1),
+            Err(_) => Err(unfixed("shape")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TensorMetadata { name: name.into(), datatype, shape })
+}
+
+fn describe_outputs(
+    model: &str,
+    typed: &TypedModel,
+    names: &[String],
+    manifest: &ModelManifest,
+) -> Result<Vec<TensorMetadata>, LoadError> {
+    if let Some(decl) = manifest.outputs.iter().find(|d| !names.contains(&d.name)) {
+        return Err(LoadError::UnknownTensor {
+            model: model.into(),
+            kind: "output",
+            name: decl.name.clone(),
+            available: names.to_vec(),
+        });
+    }
+    let mut specs = Vec::with_capacity(names.len());
+    for (ix, name) in names.iter().enumerate() {
+        let fact = typed.output_fact(ix).map_err(|e| LoadError::Tract {
+            model: model.into(),
+            stage: "type the outputs",
+            reason: format!("{e:#}"),
+        })?;
+        let datatype =
+            DataType::from_datum_type(fact.datum_type).filter(|d| *d != DataType::Bytes).ok_or_else(|| {
+                LoadError::UnsupportedType {
+                    model: model.into(),
+                    kind: "output",
+                    name: name.clone(),
+                    datum: fact.datum_type,
+                }
+            })?;
+        let shape: Vec<i64> = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
+        if let Some(decl) = manifest.outputs.iter().find(|d| &d.name == name) {
+            let compatible = decl.shape.len() == shape.len()
+                && decl.shape.iter().zip(&shape).all(|(a, b)| a == b || *a == -1 || *b == -1);
+            if decl.datatype != datatype || !compatible {
+                return Err(LoadError::OutputMismatch {
+                    model: model.into(),
+                    name: name.clone(),
+                    declared: format!("{} {:?}", decl.datatype, decl.shape),
+                    actual: format!("{datatype} {shape:?}"),
+                });
+            }
+        }
+        specs.push(TensorMetadata { name: name.clone(), datatype, shape });
+    }
+    Ok(specs)
+}

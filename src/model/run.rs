@@ -1,0 +1,173 @@
+//! Running prepared requests: one at a time or stacked as a batch, with the session's state read
+//! before and written after, and the outputs a request asked for encoded as its reply.
+
+use tract_core::prelude::*;
+
+use super::session::{SessionKey, SessionState, Start};
+use super::{audio, AnswerError, InputError, Model, Pending, PreparedInputs, Preprocess};
+use crate::protocol::{encode_response, EncodedReply, OutputTensor};
+
+impl Model {
+    /// Runs the model once. Every call gets a fresh tract state: reusing one would carry recurrent
+    /// (LSTM/GRU) hidden state from one request into the next and give wrong answers.
+    pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        self.plan.run(inputs)
+    }
+
+    /// Runs a prepared request and encodes the reply with the outputs the client asked for. A
+    /// request of a session continues from the session's state and leaves the new state behind.
+    pub fn answer(&self, id: Option<&str>, mut prepared: PreparedInputs) -> Result<EncodedReply, AnswerError> {
+        let session_key =
+            prepared.session.take().map(|id| SessionKey { owner: std::mem::take(&mut prepared.session_owner), id });
+        let (mut state, start) = match (&self.session, &session_key) {
+            (Some(session), Some(key)) => session.store.take(key),
+            _ => (None, Start::New),
+        };
+        let previous = state.clone();
+        let outputs = self
+            .complete(&mut prepared, &mut state)
+            .and_then(|()| self.run(prepared.inputs).map_err(|e| AnswerError::Inference(format!("{e:#}"))));
+        let (Some(session), Some(key)) = (&self.session, session_key) else {
+            let outputs = outputs?;
+            return self.encode(id, None, &outputs.iter().map(|t| &**t).collect::<Vec<_>>(), &prepared.outputs);
+        };
+        let outputs = match outputs {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                // The chunk was not taken: the session stays where it was.
+                if let Some(previous) = previous {
+                    session.store.put(key, previous);
+                }
+                return Err(e);
+            }
+        };
+        let mut state = state.unwrap_or_else(|| self.fresh_state());
+        state.tensors = session.state.iter().map(|(_, output, _)| (*outputs[*output]).clone()).collect();
+        let session_id = key.id.clone();
+        session.store.put(key, state);
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("session".into(), session_id.into());
+        if start != Start::Continued {
+            parameters.insert("session_started".into(), true.into());
+        }
+        if let Some(why) = start.eviction() {
+            parameters.insert("session_evicted".into(), why.into());
+        }
+        self.encode(id, Some(&parameters), &outputs.iter().map(|t| &**t).collect::<Vec<_>>(), &prepared.outputs)
+    }
+
+    /// Fills in what `prepare` left for the inference thread: the pre-processed input (decoded
+    /// image, framed audio) and the session state inputs. `state` is the session's, `None` for a
+    /// fresh state (a new session, or a request without one).
+    fn complete(&self, prepared: &mut PreparedInputs, state: &mut Option<SessionState>) -> Result<(), AnswerError> {
+        if let Some(session) = &self.session {
+            let state = state.get_or_insert_with(|| self.fresh_state());
+            for ((input, _, _), value) in session.state.iter().zip(&state.tensors) {
+                prepared.inputs[*input] = value.clone().into_tvalue();
+            }
+        }
+        match (prepared.pending.take(), &self.preprocess) {
+            (None, _) => {}
+            (Some(Pending::Image(bytes)), Some(Preprocess::Image { input, target })) => {
+                prepared.inputs[*input] = target.tensor(&bytes).map_err(InputError::from)?.into_tvalue();
+            }
+            (Some(Pending::Audio(samples)), Some(Preprocess::Audio { input, decl, one_frame })) => {
+                let mut scratch = Vec::new();
+                let context = match state {
+                    Some(state) => &mut state.context,
+                    None => &mut scratch,
+                };
+                prepared.inputs[*input] =
+                    audio::frames(decl, &samples, context, *one_frame).map_err(InputError::from)?.into_tvalue();
+            }
+            (Some(_), _) => unreachable!("prepare only leaves pending data for the model's own preprocess kind"),
+        }
+        Ok(())
+    }
+
+    /// The state a new session starts from: zeros.
+    fn fresh_state(&self) -> SessionState {
+        let tensors = self.session.iter().flat_map(|s| s.state.iter().map(|(_, _, zero)| zero.clone())).collect();
+        SessionState { tensors, context: Vec::new() }
+    }
+
+    /// Rows per run with dynamic batching: 1 when it is off.
+    pub fn max_batch_size(&self) -> usize {
+        self.serving.max_batch_size.unwrap_or(1)
+    }
+
+    /// Runs several prepared requests as one batch (stacked along the batch dimension, which
+    /// `max_batch_size` guarantees every input and output has) and answers each with its own rows.
+    /// A request whose image cannot be decoded fails alone; a failed run fails the whole batch.
+    pub fn answer_batch(
+        &self,
+        requests: Vec<(Option<&str>, PreparedInputs)>,
+    ) -> Vec<Result<EncodedReply, AnswerError>> {
+        if requests.len() == 1 {
+            let (id, prepared) = requests.into_iter().next().expect("one request");
+            return vec![self.answer(id, prepared)];
+        }
+        let mut answers: Vec<Option<Result<EncodedReply, AnswerError>>> = requests.iter().map(|_| None).collect();
+        let mut ready = Vec::with_capacity(requests.len());
+        for (slot, (id, mut prepared)) in requests.into_iter().enumerate() {
+            match self.complete(&mut prepared, &mut None) {
+                Ok(()) => ready.push((slot, id, prepared)),
+                Err(e) => answers[slot] = Some(Err(e)),
+            }
+        }
+        let outputs = (0..self.inputs.len())
+            .map(|input| {
+                let parts: Vec<&Tensor> = ready.iter().map(|(_, _, p)| &*p.inputs[input]).collect();
+                Ok(Tensor::stack_tensors(0, &parts)?.into_tvalue())
+            })
+            .collect::<TractResult<TVec<TValue>>>()
+            .and_then(|stacked| self.run(stacked));
+        let mut start = 0;
+        for (slot, id, prepared) in &ready {
+            let answer = match &outputs {
+                Err(e) => Err(AnswerError::Inference(format!("{e:#}"))),
+                Ok(outputs) => {
+                    let range = start..start + prepared.rows();
+                    start = range.end;
+                    outputs
+                        .iter()
+                        .map(|t| t.slice(0, range.start, range.end))
+                        .collect::<TractResult<Vec<Tensor>>>()
+                        .map_err(|e| AnswerError::Inference(format!("splitting the batch: {e:#}")))
+                        .and_then(|own| self.encode(*id, None, &own.iter().collect::<Vec<_>>(), &prepared.outputs))
+                }
+            };
+            answers[*slot] = Some(answer);
+        }
+        answers.into_iter().map(|a| a.expect("every request answered")).collect()
+    }
+
+    /// Encodes the outputs a request asked for, computing post-processed ones when asked for.
+    fn encode(
+        &self,
+        id: Option<&str>,
+        parameters: Option<&serde_json::Map<String, serde_json::Value>>,
+        outputs: &[&Tensor],
+        wanted: &[(usize, bool)],
+    ) -> Result<EncodedReply, AnswerError> {
+        let computed = match &self.postprocess {
+            Some(post) if wanted.iter().any(|(i, _)| *i >= self.raw_outputs) => Some(
+                post.compute(outputs[post.source])
+                    .map_err(|e| AnswerError::Inference(format!("post-processing: {e:#}")))?,
+            ),
+            _ => None,
+        };
+        let selected: Vec<OutputTensor<'_>> = wanted
+            .iter()
+            .map(|&(index, binary)| OutputTensor {
+                name: &self.metadata.outputs[index].name,
+                tensor: match index.checked_sub(self.raw_outputs) {
+                    None => outputs[index],
+                    Some(j) => &computed.as_ref().expect("computed when asked for")[j],
+                },
+                binary,
+            })
+            .collect();
+        Ok(encode_response(self.name(), id, parameters, &selected)?)
+    }
+}
