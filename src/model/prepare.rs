@@ -264,10 +264,15 @@ mod tests {
     }
 
     /// Silero VAD (audio at 16 kHz, session state `h` and `c`), the file `models/fetch.py` gets.
-    fn vad() -> Option<&'static Model> {
-        static MODEL: OnceLock<Option<Model>> = OnceLock::new();
+    /// The pack's silero VAD (`python3 models/fetch.py` first, as for the integration tests).
+    fn vad() -> &'static Model {
+        static MODEL: OnceLock<Model> = OnceLock::new();
         let dir = root().join("models/silero_vad");
-        MODEL.get_or_init(|| dir.join("model.onnx").is_file().then(|| Model::load("vad", &dir, None).unwrap())).as_ref()
+        assert!(
+            dir.join("model.onnx").is_file(),
+            "models/silero_vad/model.onnx is missing: run `python3 models/fetch.py`"
+        );
+        MODEL.get_or_init(|| Model::load("vad", &dir, None).unwrap())
     }
 
     /// A 4x4 RGB image in, `[preprocess] kind = "image"` (tests/fixtures/image).
@@ -389,7 +394,7 @@ mod tests {
 
     #[test]
     fn audio_at_another_sample_rate_is_refused() {
-        let Some(vad) = vad() else { return eprintln!("skipped: models/silero_vad/model.onnx is missing") };
+        let vad = vad();
         let mut request = decode_media(Some("audio/pcm;rate=8000"), &[0; 1024], &[]).unwrap().unwrap();
         assert_eq!(
             vad.prepare(&mut request).unwrap_err(),
@@ -401,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_session_state_input_sent_by_the_client_is_refused() {
-        let Some(vad) = vad() else { return eprintln!("skipped: models/silero_vad/model.onnx is missing") };
+        let vad = vad();
         let json = format!(
             r#"{{"inputs":[{{"name":"input","shape":[1,576],"datatype":"FP32","data":{:?}}},
                           {{"name":"h","shape":[1],"datatype":"FP32","data":[0]}}]}}"#,
@@ -415,7 +420,7 @@ mod tests {
         let json = format!(r#"{{"parameters":{{"session":"s"}},"inputs":[{}]}}"#, pixels("[1,64]", 64));
         let err = prepare(digits(), &json).unwrap_err();
         assert!(err.to_string().contains("keeps no state between requests"), "{err}");
-        let Some(vad) = vad() else { return eprintln!("skipped: models/silero_vad/model.onnx is missing") };
+        let vad = vad();
         for id in [String::new(), "x".repeat(MAX_SESSION_ID_BYTES + 1)] {
             let props = vec![("session".to_string(), id.clone())];
             let mut request = decode_media(Some("audio/pcm"), &[0; 1024], &props).unwrap().unwrap();
