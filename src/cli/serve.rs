@@ -25,18 +25,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("edgeinfer-io").build()?;
-    let served = runtime.block_on(edgeinfer::daemon::serve(config, shutdown_signal()));
+    let served = runtime
+        .block_on(async { edgeinfer::daemon::serve(config, shutdown_signal()?).await.map_err(anyhow::Error::from) });
     // Tasks still blocked on a vanished broker must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    Ok(served?)
+    served
 }
 
-/// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). The handlers are installed when this
+/// is called, not when the future is first polled: a stop that comes while the models load (or
+/// before the daemon reaches its main wait) must still be a clean stop, not the default kill.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
