@@ -132,12 +132,16 @@ impl Dispatcher {
             );
             return self.refuse(&request, &RequestIdentity::default(), ErrorCode::TooLarge, &message).await;
         }
-        let decoded = match decode_media(props.content_type.as_deref(), &publish.payload, &props.user_properties) {
-            Some(media) => media,
-            None => match header_length_from_properties(&props.user_properties).transpose() {
-                Ok(header_len) => decode_request(&publish.payload, header_len),
-                Err(e) => return self.refuse(&request, &RequestIdentity::default(), e.code(), &e.to_string()).await,
-            },
+        let decode = || match decode_media(props.content_type.as_deref(), &publish.payload, &props.user_properties) {
+            Some(media) => Ok(media),
+            None => header_length_from_properties(&props.user_properties)
+                .transpose()
+                .map(|header_len| decode_request(&publish.payload, header_len)),
+        };
+        let decoded = match contained(decode) {
+            Ok(Ok(decoded)) => decoded,
+            Ok(Err(e)) => return self.refuse(&request, &RequestIdentity::default(), e.code(), &e.to_string()).await,
+            Err(bug) => return self.refuse(&request, &RequestIdentity::default(), ErrorCode::Internal, &bug).await,
         };
         let mut decoded = match decoded {
             Ok(decoded) => decoded,
@@ -174,9 +178,10 @@ impl Dispatcher {
             );
             return self.send(refuse(ErrorCode::UnknownModel, &message)).await;
         };
-        let mut inputs = match model.prepare(&mut decoded) {
-            Ok(inputs) => inputs,
-            Err(e) => return self.send(refuse(e.code(), &e.to_string())).await,
+        let mut inputs = match contained(|| model.prepare(&mut decoded)) {
+            Ok(Ok(inputs)) => inputs,
+            Ok(Err(e)) => return self.send(refuse(e.code(), &e.to_string())).await,
+            Err(bug) => return self.send(refuse(ErrorCode::Internal, &bug)).await,
         };
         // A session belongs to the client that started it, known to the daemon by its reply topic.
         inputs.session_owner = reply.topic.clone();
@@ -288,6 +293,16 @@ struct Request<'a> {
     model: &'a str,
     qos: QoS,
     ack: Option<Ack>,
+}
+
+/// Runs request-checking code so that a bug in it (a panic) costs this request an `internal`
+/// reply, not the dispatcher: a panic here would otherwise end the task every request goes through.
+fn contained<T>(check: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).map_err(|panic| {
+        let message = crate::panics::panic_message(panic.as_ref());
+        tracing::error!(panic = %Untrusted(&message), "panic while checking a request; it gets an internal error, the daemon goes on");
+        format!("the request could not be checked ({message}); please report this")
+    })
 }
 
 /// Refuses ids too long to echo: the id is dropped from the identity and the message says why.

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod model;
 pub mod mqtt;
+mod panics;
 pub mod protocol;
 pub mod scheduler;
 pub mod stats;

@@ -301,7 +301,8 @@ impl ModelManifest {
                     return Err(invalid(key, "BYTES tensors are not supported; use a numeric datatype".into()));
                 }
                 if let Some(value) = &decl.value {
-                    let count: i64 = decl.shape.iter().product();
+                    // Checked: a product that wraps to the number of values would pass (tests/fuzz).
+                    let count: i64 = decl.shape.iter().try_fold(1i64, |p, &d| p.checked_mul(d)).unwrap_or(-1);
                     if section == "outputs" || decl.shape.contains(&-1) || value.len() as i64 != count {
                         return Err(invalid(
                             format!("{key}.value"),
@@ -484,6 +485,14 @@ mod tests {
         assert!(err.to_string().contains("serving.max_queue_delay_us"), "{err}");
         let err = parse("[serving]\ninstances = 2").unwrap_err();
         assert!(err.to_string().contains("instances"), "{err}");
+    }
+
+    #[test]
+    fn a_constant_whose_shape_product_overflows_is_refused() {
+        // Found by tests/fuzz (bench/fuzz-results.md, finding 3): 2^64 wrapped to 0 values.
+        let toml = "[[inputs]]\nname = \"sr\"\ndatatype = \"INT64\"\nshape = [4294967296, 4294967296]\nvalue = []";
+        let err = parse(toml).unwrap_err();
+        assert!(err.to_string().contains("inputs[0] (sr).value"), "{err}");
     }
 
     #[test]

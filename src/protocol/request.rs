@@ -270,17 +270,24 @@ impl RawInput<'_> {
         if elements.len() != count {
             return Err(DecodeError::LengthMismatch { name, shape, expected: count, actual: elements.len() });
         }
-        let tensor = tensor_of(&shape, elements).expect("count checked");
+        let tensor = tensor_of(&shape, elements)
+            .map_err(|_| DecodeError::ShapeOverflow { name: name.clone(), shape: self.shape.clone() })?;
         Ok(InputTensor { name, datatype: DataType::Bytes, tensor })
     }
 }
 
+/// The shape as sizes, refused when a tensor of it could not be laid out: the product of its
+/// non-zero dimensions must fit the strides (`isize`), even when another dimension is 0 (found
+/// by fuzzing: `[0, 2^32, 2^40]` holds no element but overflowed the stride computation).
 fn checked_shape(name: &str, shape: &[u64]) -> Result<Vec<usize>, DecodeError> {
+    let overflow = || DecodeError::ShapeOverflow { name: name.to_string(), shape: shape.to_vec() };
     shape
         .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| DecodeError::ShapeOverflow { name: name.to_string(), shape: shape.to_vec() })
+        .filter(|&&d| d != 0)
+        .try_fold(1u64, |product, &d| product.checked_mul(d))
+        .filter(|&product| product <= isize::MAX as u64)
+        .ok_or_else(overflow)?;
+    shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().map_err(|_| overflow())
 }
 
 #[cfg(test)]
@@ -504,5 +511,20 @@ mod tests {
             DecodeError::DuplicateInput(_)
         ));
         assert!(matches!(parse_header_length("12a"), Err(DecodeError::BadHeaderLength(_))));
+    }
+
+    #[test]
+    fn empty_shapes_whose_other_dimensions_overflow_are_refused_not_a_panic() {
+        // Found by tests/fuzz (bench/fuzz-results.md, findings 1 and 2).
+        for datatype in ["BYTES", "FP32"] {
+            let json = format!(
+                r#"{{"inputs":[{{"name":"b","shape":[0,4294967296,1099511627776],"datatype":"{datatype}","data":[]}}]}}"#
+            );
+            let err = decode(&json).unwrap_err();
+            assert!(matches!(err.error, DecodeError::ShapeOverflow { .. }), "{datatype}: {}", err.error);
+        }
+        let header = r#"{"inputs":[{"name":"b","shape":[0,4294967296,1099511627776],"datatype":"BYTES","parameters":{"binary_data_size":0}}]}"#;
+        let err = decode_request(header.as_bytes(), Some(header.len())).unwrap_err();
+        assert!(matches!(err.error, DecodeError::ShapeOverflow { .. }), "{}", err.error);
     }
 }

@@ -11,17 +11,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use super::{Inner, Job, Task};
 use crate::model::{AnswerError, Model};
 use crate::mqtt::publisher::Command;
+use crate::panics::panic_message;
 use crate::protocol::ErrorCode;
 use crate::untrusted::Untrusted;
-
-/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
-        (Some(s), _) => s.to_string(),
-        (None, Some(s)) => s.clone(),
-        (None, None) => "a panic without a message".into(),
-    }
-}
 
 pub(super) struct Worker {
     pub model: Arc<Model>,
