@@ -173,22 +173,6 @@ async fn replies_over_the_reply_limit_become_too_large_and_duplicate_outputs_are
     assert_never_reconnected(&daemon);
 }
 
-/// A models directory with copies of the named pack models (`python3 models/fetch.py` first).
-fn pack(models: &[&str]) -> tempfile::TempDir {
-    for model in models {
-        let onnx = shipped_models().join(model).join("model.onnx");
-        assert!(onnx.is_file(), "{} is missing: run `python3 models/fetch.py` first", onnx.display());
-    }
-    models_dir_with(models)
-}
-
-fn media_props(reply: &str, correlation: &str, content_type: &str, user: &[(&str, &str)]) -> PublishProperties {
-    let mut props = request_props(reply, correlation.as_bytes());
-    props.content_type = Some(content_type.to_string());
-    props.user_properties = user.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    props
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_brokers_maximum_packet_size_is_respected() {
     // Mosquitto names its max_packet_size in CONNACK; a larger publish would cost the connection.

@@ -13,30 +13,12 @@ use common::*;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde_json::Value;
 
-const HOW: &str = "run `python3 models/fetch.py` first (after `pip install -r models/requirements.txt`)";
-
 fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures/pack")
 }
 
 fn fixture_json(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
-}
-
-/// A models directory holding the named pack models, after checking they were fetched.
-fn pack(models: &[&str]) -> tempfile::TempDir {
-    for model in models {
-        let onnx = shipped_models().join(model).join("model.onnx");
-        assert!(onnx.is_file(), "{} is missing: {HOW}", onnx.display());
-    }
-    models_dir_with(models)
-}
-
-fn media_props(reply: &str, correlation: &str, content_type: &str, user: &[(&str, &str)]) -> PublishProperties {
-    let mut props = request_props(reply, correlation.as_bytes());
-    props.content_type = Some(content_type.to_string());
-    props.user_properties = user.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    props
 }
 
 fn reply_json(publish: &Publish) -> Value {
@@ -369,7 +351,7 @@ async fn ten_thousand_abandoned_sessions_stay_within_the_session_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silero_op18_with_a_constant_sample_rate_streams_like_the_sequence_export() {
     let staged = shipped_models().join(".staged/silero_vad/variants/silero_vad_op18_ifless.onnx");
-    assert!(staged.is_file(), "{} is missing: {HOW}", staged.display());
+    assert!(staged.is_file(), "{} is missing: {FETCH_FIRST}", staged.display());
     let models = tempfile::tempdir().unwrap();
     let dir = models.path().join("silero_op18");
     std::fs::create_dir(&dir).unwrap();

@@ -356,6 +356,27 @@ pub fn digits_repository() -> PathBuf {
     .clone()
 }
 
+/// What to do when a model of the pack is missing.
+pub const FETCH_FIRST: &str = "run `python3 models/fetch.py` first (after `pip install -r models/requirements.txt`)";
+
+/// A models directory holding copies of the named pack models, after checking they were fetched.
+pub fn pack(models: &[&str]) -> TempDir {
+    for model in models {
+        let onnx = shipped_models().join(model).join("model.onnx");
+        assert!(onnx.is_file(), "{} is missing: {FETCH_FIRST}", onnx.display());
+    }
+    models_dir_with(models)
+}
+
+/// Properties of a media request (an image or audio as the whole payload, parameters in User
+/// Properties), from a v5 requester.
+pub fn media_props(reply: &str, correlation: &str, content_type: &str, user: &[(&str, &str)]) -> PublishProperties {
+    let mut props = request_props(reply, correlation.as_bytes());
+    props.content_type = Some(content_type.to_string());
+    props.user_properties = user.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    props
+}
+
 /// A model repository of the test's own, with copies of shipped models and anything else added.
 pub fn models_dir_with(models: &[&str]) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
