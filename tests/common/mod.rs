@@ -170,39 +170,33 @@ impl Daemon {
 
     /// Like [`Daemon::spawn`], with extra environment variables (systemd's NOTIFY_SOCKET, ...).
     pub fn spawn_with_env(broker_url: &str, models: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Daemon {
-        Self::launch(broker_url, models, "", "", extra_toml, env)
+        Self::launch(Self::new_device(), broker_url, models, "", "", extra_toml, env)
     }
 
     /// Like [`Daemon::spawn`], with extra keys in the `[broker]` section (TLS, credentials).
     pub fn spawn_with_broker_section(broker_url: &str, models: &Path, broker_keys: &str, extra_toml: &str) -> Daemon {
-        Self::launch(broker_url, models, broker_keys, "", extra_toml, &[])
+        Self::launch(Self::new_device(), broker_url, models, broker_keys, "", extra_toml, &[])
     }
 
     /// Like [`Daemon::spawn_with_broker_section`], with a device id of the test's choosing (one
     /// that a broker's ACL names, say).
     pub fn spawn_as(device: &str, broker_url: &str, models: &Path, broker_keys: &str) -> Daemon {
-        Self::launch_as(device.to_string(), broker_url, models, broker_keys, "", "", &[])
+        Self::launch(device.to_string(), broker_url, models, broker_keys, "", "", &[])
     }
 
     /// Like [`Daemon::start`], with extra keys in the `[topics]` section.
     pub fn start_with_topics(broker: &Broker, models: &Path, topics_keys: &str, extra_toml: &str) -> Daemon {
-        let daemon = Self::launch(&broker.url(), models, "", topics_keys, extra_toml, &[]);
+        let daemon = Self::launch(Self::new_device(), &broker.url(), models, "", topics_keys, extra_toml, &[]);
         daemon.wait_online(broker);
         daemon
     }
 
-    fn launch(
-        broker_url: &str,
-        models: &Path,
-        broker_keys: &str,
-        topics_keys: &str,
-        extra_toml: &str,
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        Self::launch_as(format!("test-{}", free_port()), broker_url, models, broker_keys, topics_keys, extra_toml, env)
+    /// A device id no other daemon of the test run has.
+    fn new_device() -> String {
+        format!("test-{}", free_port())
     }
 
-    fn launch_as(
+    fn launch(
         device: String,
         broker_url: &str,
         models: &Path,
