@@ -83,7 +83,9 @@ impl Dispatcher {
             if publish.qos == QoS::AtMostOnce {
                 self.qos0_waiting.fetch_sub(publish.payload.len(), Ordering::Relaxed);
             } else if let (Acked::Now, Some(ack)) = (acked, Ack::of(&publish, &client)) {
-                ack.send().await;
+                // Marked answered too: a retained or unroutable request redelivered later must be
+                // acknowledged again, not taken for one still being answered.
+                ack.send(&self.recent).await;
             }
         }
     }

@@ -73,9 +73,7 @@ pub async fn run(client: AsyncClient, mut commands: mpsc::Receiver<Command>, rec
                 }
                 drop(held);
                 if let Some(ack) = ack {
-                    let delivery = ack.delivery;
-                    ack.send().await;
-                    recent.answered(delivery);
+                    ack.send(&recent).await;
                 }
             }
             Command::Disconnect => {

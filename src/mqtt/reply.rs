@@ -15,9 +15,7 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::publisher::{Command, Outgoing};
-use super::redelivery::Delivery;
-#[cfg(doc)]
-use super::redelivery::Recent;
+use super::redelivery::{Delivery, Recent};
 use crate::protocol::request::HEADER_LENGTH_PROPERTY;
 use crate::protocol::{encode_error, EncodedReply, ErrorCode};
 use crate::stats::Counters;
@@ -79,7 +77,7 @@ pub struct Ack {
     pkid: u16,
     qos: QoS,
     /// The request, as [`Recent`] remembers it.
-    pub delivery: Delivery,
+    delivery: Delivery,
 }
 
 impl Ack {
@@ -93,12 +91,15 @@ impl Ack {
         })
     }
 
-    pub async fn send(self) {
+    /// Sends the acknowledgement and marks the request answered in `recent`, so that a
+    /// redelivery of it is only acknowledged again (never left waiting for an ack that went out).
+    pub async fn send(self, recent: &Recent) {
         let mut request = Publish::new("", self.qos, Bytes::new(), None);
         request.pkid = self.pkid;
         if let Err(e) = self.client.ack(&request).await {
             tracing::debug!(error = %e, "acknowledgement not sent: MQTT client is gone");
         }
+        recent.answered(self.delivery);
     }
 }
 
