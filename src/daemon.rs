@@ -123,7 +123,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     };
     let connection =
         tokio::spawn(links.connection("device", eventloop, &client, device_filters.clone(), retained, connected));
-    let fleet = match &fleet_filter {
+    let fleet = match fleet_filter {
         Some(filter) => {
             let mut options = mqtt_options(&config, &format!("{}-fleet", config.client_id()))?;
             options.set_manual_acks(true);
@@ -138,7 +138,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 vec![],
                 watch::channel(false).0,
             ));
-            Some((fleet_client, task))
+            Some((fleet_client, task, filter))
         }
         None => None,
     };
@@ -217,8 +217,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     // With a persistent session the board's own subscription stays, so the broker keeps what
     // comes in while the daemon restarts; the fleet's requests go to the other boards meanwhile.
     match &fleet {
-        Some((fleet_client, _)) => {
-            let _ = fleet_client.try_unsubscribe(fleet_filter.clone().unwrap_or_default());
+        Some((fleet_client, _, filter)) => {
+            let _ = fleet_client.try_unsubscribe(filter.clone());
         }
         None if !persistent_session => {
             for filter in device_filters {
@@ -243,7 +243,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let _ = replies.send(retained_message(topics.status(), status::stopped(&device))).await;
         let _ = replies.send(Command::Disconnect).await;
         drop(replies);
-        if let Some((fleet_client, task)) = fleet {
+        if let Some((fleet_client, task, _)) = fleet {
             let _ = fleet_client.disconnect().await;
             let _ = task.await;
         }
