@@ -15,14 +15,14 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::model::ModelRepository;
+use crate::model::{InputError, ModelRepository};
 use crate::mqtt::connection::Incoming;
 use crate::mqtt::publisher::Command;
 use crate::mqtt::redelivery::{Delivery, Recent, Seen};
-use crate::mqtt::reply::{Ack, ReplyLimits, ReplyTo};
+use crate::mqtt::reply::{Ack, Outbox, ReplyTo};
 use crate::mqtt::topics::{check_topic_syntax, ReplyRules, Topics};
 use crate::protocol::request::{decode_request, header_length_from_properties, RequestIdentity};
-use crate::protocol::{decode_media, ErrorCode};
+use crate::protocol::{decode_media, DecodeError, ErrorCode};
 use crate::scheduler::{Job, Rejected, Scheduler};
 use crate::stats::{Stats, Unanswered};
 use crate::untrusted::{self, Untrusted};
@@ -34,10 +34,9 @@ const MAX_ID_BYTES: usize = 1024;
 pub struct Dispatcher {
     pub topics: Topics,
     pub reply_rules: ReplyRules,
-    pub reply_limits: Arc<ReplyLimits>,
+    pub outbox: Arc<Outbox>,
     pub repository: ModelRepository,
-    pub scheduler: Scheduler,
-    pub replies: mpsc::Sender<Command>,
+    pub scheduler: Scheduler<ReplyTo>,
     pub max_payload_bytes: usize,
     pub default_timeout: Option<Duration>,
     /// Bytes of input tensors that queued jobs may hold in total (one permit per byte).
@@ -61,6 +60,54 @@ enum Acked {
     /// Not here: the request is being answered already (that reply acknowledges it), or it is
     /// left unacknowledged for the broker to deliver again to the next connection.
     Never,
+}
+
+/// Why a request is answered without being queued; each decides its reply's code.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("payload of {size} bytes is over the {limit} byte limit (requests.max_payload_bytes)")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// Request-checking code panicked: a bug, contained to this request.
+    #[error("the request could not be checked ({0}); please report this")]
+    Panicked(String),
+    #[error("the request id is {0} bytes; at most {MAX_ID_BYTES} are accepted")]
+    IdTooLong(usize),
+    #[error("unknown model \"{name}\"; this device serves {served:?}")]
+    UnknownModel { name: String, served: Vec<String> },
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("the daemon holds its maximum of queued request bytes; retry later ({0} bytes asked)")]
+    QueuedBytes(usize),
+    #[error("model \"{0}\" is busy: its queue is full; retry later")]
+    QueueFull(String),
+    #[error("the daemon is stopping and takes no new requests")]
+    ShuttingDown,
+    /// The reply topic the client named, and why the daemon may not publish there.
+    #[error("{0}")]
+    ReplyTopic(String),
+}
+
+impl Refusal {
+    /// The reply's error code.
+    fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::PayloadTooLarge { .. } => ErrorCode::TooLarge,
+            Refusal::Decode(e) => e.code(),
+            Refusal::Panicked(_) => ErrorCode::Internal,
+            Refusal::IdTooLong(_) | Refusal::ReplyTopic(_) => ErrorCode::BadRequest,
+            Refusal::UnknownModel { .. } => ErrorCode::UnknownModel,
+            Refusal::Input(e) => e.code(),
+            Refusal::QueuedBytes(_) | Refusal::QueueFull(_) => ErrorCode::Busy,
+            Refusal::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+
+    /// The error reply carrying it.
+    fn reply(&self, to: &ReplyTo, id: Option<&str>, model: &str) -> Command {
+        to.error(id, model, self.code(), &self.to_string())
+    }
 }
 
 /// Where a request's reply can go.
@@ -127,12 +174,8 @@ impl Dispatcher {
         let request = Request { props: &props, model: model_name, qos, ack: Ack::of(publish, client) };
 
         if publish.payload.len() > self.max_payload_bytes {
-            let message = format!(
-                "payload of {} bytes is over the {} byte limit (requests.max_payload_bytes)",
-                publish.payload.len(),
-                self.max_payload_bytes
-            );
-            return self.refuse(&request, &RequestIdentity::default(), ErrorCode::TooLarge, &message).await;
+            let refusal = Refusal::PayloadTooLarge { size: publish.payload.len(), limit: self.max_payload_bytes };
+            return self.refuse(&request, &RequestIdentity::default(), refusal).await;
         }
         let decode = || match decode_media(props.content_type.as_deref(), &publish.payload, &props.user_properties) {
             Some(media) => Ok(media),
@@ -142,8 +185,8 @@ impl Dispatcher {
         };
         let decoded = match contained(decode) {
             Ok(Ok(decoded)) => decoded,
-            Ok(Err(e)) => return self.refuse(&request, &RequestIdentity::default(), e.code(), &e.to_string()).await,
-            Err(bug) => return self.refuse(&request, &RequestIdentity::default(), ErrorCode::Internal, &bug).await,
+            Ok(Err(e)) => return self.refuse(&request, &RequestIdentity::default(), e.into()).await,
+            Err(bug) => return self.refuse(&request, &RequestIdentity::default(), bug).await,
         };
         let mut decoded = match decoded {
             Ok(decoded) => decoded,
@@ -152,12 +195,12 @@ impl Dispatcher {
                 if let Some(id) = &failure.identity.id {
                     span.record("id", tracing::field::display(Untrusted(id)));
                 }
-                let message = too_long.unwrap_or_else(|| failure.error.to_string());
-                return self.refuse(&request, &failure.identity, failure.error.code(), &message).await;
+                let refusal = too_long.unwrap_or(Refusal::Decode(failure.error));
+                return self.refuse(&request, &failure.identity, refusal).await;
             }
         };
-        if let Some(message) = check_id(&mut decoded.identity) {
-            return self.refuse(&request, &decoded.identity, ErrorCode::BadRequest, &message).await;
+        if let Some(refusal) = check_id(&mut decoded.identity) {
+            return self.refuse(&request, &decoded.identity, refusal).await;
         }
         let identity = decoded.identity.clone();
         if let Some(id) = &identity.id {
@@ -171,28 +214,23 @@ impl Dispatcher {
             tracing::info!("request left to the broker for the next start: the daemon is stopping");
             return Acked::Never;
         }
-        let refuse = |code: ErrorCode, message: &str| reply.error(identity.id.as_deref(), model_name, code, message);
+        let refuse = |refusal: Refusal| refusal.reply(&reply, identity.id.as_deref(), model_name);
         let Some(model) = self.repository.get(model_name) else {
-            let message = format!(
-                "unknown model \"{}\"; this device serves {:?}",
-                Untrusted(model_name),
-                self.repository.names()
-            );
-            return self.send(refuse(ErrorCode::UnknownModel, &message)).await;
+            let refusal =
+                Refusal::UnknownModel { name: Untrusted(model_name).to_string(), served: self.repository.names() };
+            return self.send(refuse(refusal)).await;
         };
         let mut inputs = match contained(|| model.prepare(&mut decoded)) {
             Ok(Ok(inputs)) => inputs,
-            Ok(Err(e)) => return self.send(refuse(e.code(), &e.to_string())).await,
-            Err(bug) => return self.send(refuse(ErrorCode::Internal, &bug)).await,
+            Ok(Err(e)) => return self.send(refuse(e.into())).await,
+            Err(bug) => return self.send(refuse(bug)).await,
         };
         // A session belongs to the client that started it, known to the daemon by its reply topic.
         inputs.session_owner = reply.topic.clone();
         let bytes = inputs.queued_bytes();
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
         let Ok(budget) = self.budget.clone().try_acquire_many_owned(permits) else {
-            let message =
-                format!("the daemon holds its maximum of queued request bytes; retry later ({bytes} bytes asked)");
-            return self.send(refuse(ErrorCode::Busy, &message)).await;
+            return self.send(refuse(Refusal::QueuedBytes(bytes))).await;
         };
         let expiry = props.message_expiry_interval.map(|s| Duration::from_secs(s.into()));
         let model_default = model.serving().default_timeout_ms.map(Duration::from_millis).or(self.default_timeout);
@@ -210,21 +248,19 @@ impl Dispatcher {
         match self.scheduler.submit(job) {
             Ok(()) => Acked::WithReply,
             Err(Rejected::Busy(job)) => {
-                let message = format!("model \"{model_name}\" is busy: its queue is full; retry later");
-                self.send(job.reply.error(job.id.as_deref(), model_name, ErrorCode::Busy, &message)).await
+                self.send(Refusal::QueueFull(model_name.into()).reply(&job.reply, job.id.as_deref(), model_name)).await
             }
             Err(Rejected::ShuttingDown(job)) => {
-                let message = "the daemon is stopping and takes no new requests";
-                self.send(job.reply.error(job.id.as_deref(), model_name, ErrorCode::ShuttingDown, message)).await
+                self.send(Refusal::ShuttingDown.reply(&job.reply, job.id.as_deref(), model_name)).await
             }
         }
     }
 
-    /// Answers a request that will not be computed with `code` and `message`, on its reply topic
-    /// if that is one the daemon may use, else with why that topic was refused.
-    async fn refuse(&self, request: &Request<'_>, identity: &RequestIdentity, code: ErrorCode, message: &str) -> Acked {
+    /// Answers a request that will not be computed, on its reply topic if that is one the daemon
+    /// may use, else with why that topic was refused.
+    async fn refuse(&self, request: &Request<'_>, identity: &RequestIdentity, refusal: Refusal) -> Acked {
         match self.route(request, identity) {
-            Route::To(reply) => self.send(reply.error(identity.id.as_deref(), request.model, code, message)).await,
+            Route::To(reply) => self.send(refusal.reply(&reply, identity.id.as_deref(), request.model)).await,
             unroutable => self.unroutable(unroutable, identity, request.model).await,
         }
     }
@@ -235,7 +271,7 @@ impl Dispatcher {
         match route {
             Route::To(_) => unreachable!("a routable request"),
             Route::Refused(reply, why) => {
-                self.send(reply.error(identity.id.as_deref(), model, ErrorCode::BadRequest, &why)).await
+                self.send(Refusal::ReplyTopic(why).reply(&reply, identity.id.as_deref(), model)).await
             }
             Route::Nowhere(why) => {
                 tracing::warn!(why = %why, "request not answered: there is no valid topic to reply to");
@@ -253,7 +289,7 @@ impl Dispatcher {
             correlation: request.props.correlation_data.clone(),
             qos: request.qos,
             counts: self.stats.for_model(request.model),
-            limits: self.reply_limits.clone(),
+            outbox: self.outbox.clone(),
             ack: request.ack.clone(),
         };
         let result = self.topics.result(request.model);
@@ -282,9 +318,7 @@ impl Dispatcher {
     /// Queues a reply, waiting for room: under a flood, error replies wait (and with them this
     /// request's acknowledgement, so the broker holds the next ones) rather than being dropped.
     async fn send(&self, command: Command) -> Acked {
-        if self.replies.send(command).await.is_err() {
-            tracing::debug!("reply dropped: publisher stopped");
-        }
+        self.outbox.send(command).await;
         Acked::WithReply
     }
 }
@@ -299,20 +333,20 @@ struct Request<'a> {
 
 /// Runs request-checking code so that a bug in it (a panic) costs this request an `internal`
 /// reply, not the dispatcher: a panic here would otherwise end the task every request goes through.
-fn contained<T>(check: impl FnOnce() -> T) -> Result<T, String> {
+fn contained<T>(check: impl FnOnce() -> T) -> Result<T, Refusal> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).map_err(|panic| {
         let message = crate::panics::panic_message(panic.as_ref());
         tracing::error!(panic = %Untrusted(&message), "panic while checking a request; it gets an internal error, the daemon goes on");
-        format!("the request could not be checked ({message}); please report this")
+        Refusal::Panicked(message)
     })
 }
 
-/// Refuses ids too long to echo: the id is dropped from the identity and the message says why.
-fn check_id(identity: &mut RequestIdentity) -> Option<String> {
+/// Refuses ids too long to echo: the id is dropped from the identity (the reply cannot carry it).
+fn check_id(identity: &mut RequestIdentity) -> Option<Refusal> {
     let len = identity.id.as_ref().map_or(0, String::len);
     (len > MAX_ID_BYTES).then(|| {
         identity.id = None;
-        format!("the request id is {len} bytes; at most {MAX_ID_BYTES} are accepted")
+        Refusal::IdTooLong(len)
     })
 }
 

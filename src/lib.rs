@@ -14,13 +14,14 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod model;
 pub mod mqtt;
 mod panics;
 pub mod protocol;
-pub mod scheduler;
-pub mod stats;
-pub mod systemd;
+pub mod report;
+pub(crate) mod scheduler;
+pub(crate) mod stats;
+pub(crate) mod systemd;
 pub mod tensors;
 mod untrusted;

@@ -2,7 +2,7 @@
 //! it from the retained `<base>/<device>/stats` topic (`requests.stats_interval_secs`) and from
 //! the last log line at shutdown; a fleet dashboard can sum it over boards.
 //!
-//! Every reply passes through [`crate::scheduler::ReplyTo`], which counts it here, so the counts
+//! Every reply passes through [`crate::mqtt::reply::ReplyTo`], which counts it here, so the counts
 //! add up to the requests received. Requests for models this board does not serve share one
 //! bucket: names from the network never grow the table.
 
@@ -61,7 +61,7 @@ impl Counters {
         self.unanswered[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A panic while answering (its requests are still answered, `internal`, and counted there).
+    /// A request answered `internal` because code under the model panicked (counted there too).
     pub fn panicked(&self) {
         self.panics.fetch_add(1, Ordering::Relaxed);
     }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use edgeinfer::model::{Model, ModelRepository};
 use edgeinfer::protocol::request::RequestIdentity;
-use edgeinfer::protocol::{decode_reply, decode_request, DataType, InferRequest, InputTensor, Media};
+use edgeinfer::protocol::{decode_reply, decode_request, encode_response, DataType, InferRequest, InputTensor, Media};
 use ndarray_npy::ReadNpyExt;
 use tract_core::prelude::{Datum, Tensor};
 
@@ -51,7 +51,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         }
     };
     let prepared = model.prepare(&mut request)?;
-    let reply = model.answer(request.identity.id.as_deref(), prepared)?;
+    let answer = model.answer(prepared)?;
+    let reply =
+        encode_response(model.name(), request.identity.id.as_deref(), answer.parameters.as_ref(), &answer.tensors())?;
     let shown = decode_reply(&reply.payload, reply.header_len)?;
     match reply.header_len {
         // JSON replies are printed as they came, field order included.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use edgeinfer::model::ModelRepository;
+use edgeinfer::report::Report;
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
@@ -21,7 +22,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let metadata: Vec<_> = repository.models().map(|m| m.metadata().clone()).collect();
     outln!("{}", serde_json::to_string_pretty(&metadata)?)?;
     for failure in &failures {
-        eprintln!("edgeinfer: {failure}");
+        eprintln!("edgeinfer: {}", Report(failure));
     }
     if failures.is_empty() {
         Ok(())

@@ -29,7 +29,8 @@ use tract_onnx_opl::WithOnnx;
 use tract_transformers::WithTractTransformers;
 
 use super::repository::is_valid_model_name;
-use crate::protocol::TensorMetadata;
+use super::TensorMetadata;
+use crate::report::{Cause, Report};
 
 /// First bytes of every cache file: a file that does not start with them is not ours.
 const MAGIC: &[u8] = b"edgeinfer model cache v1\n";
@@ -51,8 +52,8 @@ pub enum CacheError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a model cache file of this format ({reason})")]
     Format { path: PathBuf, reason: String },
-    #[error("{path}: tract cannot {stage}: {reason}")]
-    Tract { path: PathBuf, stage: &'static str, reason: String },
+    #[error("{path}: tract cannot {stage}")]
+    Tract { path: PathBuf, stage: &'static str, source: Cause },
     #[error("{path}: the cached graph does not match its header ({reason})")]
     Mismatch { path: PathBuf, reason: String },
 }
@@ -147,7 +148,7 @@ impl CacheEntry {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(model = %self.model, error = %e, "model cache: unusable file; loading from ONNX and rewriting it");
+                tracing::warn!(model = %self.model, error = %Report(&e), "model cache: unusable file; loading from ONNX and rewriting it");
                 None
             }
         }
@@ -157,7 +158,7 @@ impl CacheEntry {
     pub fn store(&self, typed: &TypedModel, inputs: &[TensorMetadata], output_names: &[String]) {
         match self.write(typed, inputs, output_names) {
             Ok(()) => tracing::info!(model = %self.model, file = %self.path.display(), "model cache: written"),
-            Err(e) => tracing::warn!(model = %self.model, error = %e, "model cache: not written"),
+            Err(e) => tracing::warn!(model = %self.model, error = %Report(&e), "model cache: not written"),
         }
     }
 
@@ -194,7 +195,7 @@ impl CacheEntry {
         let typed = nnef().model_for_read(&mut reader).map_err(|e| CacheError::Tract {
             path: self.path.clone(),
             stage: "read the cached NNEF graph",
-            reason: format!("{e:#}"),
+            source: e.into(),
         })?;
         check_contract(&typed, &header).map_err(|reason| CacheError::Mismatch { path: self.path.clone(), reason })?;
         Ok(Some(CachedModel { typed, inputs: header.inputs, output_names: header.output_names }))
@@ -225,7 +226,7 @@ impl CacheEntry {
             let out = nnef().write_to_tar(&typed, out).map_err(|e| CacheError::Tract {
                 path: temp.clone(),
                 stage: "write the graph as NNEF",
-                reason: format!("{e:#}"),
+                source: e.into(),
             })?;
             let file = out.into_inner().map_err(|e| io(e.into_error()))?;
             file.sync_all().map_err(io)?;

@@ -8,8 +8,9 @@ use super::image::ImageTarget;
 use super::manifest::{self, ModelManifest, PreprocessDecl};
 use super::postprocess::Postprocess;
 use super::session::SessionStore;
+use super::TensorMetadata;
 use super::{LoadError, Preprocess, Session};
-use crate::protocol::{DataType, TensorMetadata};
+use crate::protocol::DataType;
 
 /// Where the tensor `name` is in `tensors`, or a message listing the names there are.
 fn position_of(tensors: &[TensorMetadata], name: &str, kind: &str) -> Result<usize, String> {
@@ -118,7 +119,7 @@ pub(super) fn resolve_session(
         let zero = Tensor::zero_dt(dt, &shape).map_err(|e| LoadError::Tract {
             model: model.into(),
             stage: "make the initial state",
-            reason: format!("{e:#}"),
+            source: e.into(),
         })?;
         state.push((input, output, zero));
     }

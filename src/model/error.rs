@@ -7,6 +7,7 @@ use tract_core::prelude::DatumType;
 
 use super::{audio, image, manifest};
 use crate::protocol::{DataType, ErrorCode};
+use crate::report::Cause;
 
 /// Why a model could not be loaded. Each message names the model and says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -16,8 +17,8 @@ pub enum LoadError {
     Manifest { model: String, source: manifest::ManifestError },
     #[error("model \"{model}\": no model.onnx in {dir}")]
     MissingOnnx { model: String, dir: PathBuf },
-    #[error("model \"{model}\": tract cannot {stage}: {reason}")]
-    Tract { model: String, stage: &'static str, reason: String },
+    #[error("model \"{model}\": tract cannot {stage}")]
+    Tract { model: String, stage: &'static str, source: Cause },
     #[error("model \"{model}\": model.toml declares {kind} \"{name}\", the ONNX graph has {available:?}")]
     UnknownTensor { model: String, kind: &'static str, name: String, available: Vec<String> },
     #[error(
@@ -93,13 +94,16 @@ pub enum AnswerError {
     #[error(transparent)]
     Input(#[from] InputError),
     /// The model failed on a valid request.
-    #[error("inference failed: {0}")]
-    Inference(String),
+    #[error("inference failed")]
+    Inference(#[source] Cause),
+    #[error("splitting the batch's outputs failed")]
+    SplitBatch(#[source] Cause),
+    /// `[postprocess]` failed on the model's output.
+    #[error("post-processing failed")]
+    Postprocess(#[source] Cause),
     /// Code under the model (tract, a decoder) panicked: a bug, contained to this request.
     #[error("the engine panicked ({0}); the request was not computed; please report this")]
     Panicked(String),
-    #[error(transparent)]
-    Encode(#[from] crate::protocol::response::UnsupportedOutput),
 }
 
 impl AnswerError {
@@ -107,7 +111,10 @@ impl AnswerError {
     pub fn code(&self) -> ErrorCode {
         match self {
             AnswerError::Input(e) => e.code(),
-            AnswerError::Inference(_) | AnswerError::Panicked(_) | AnswerError::Encode(_) => ErrorCode::Internal,
+            AnswerError::Inference(_)
+            | AnswerError::SplitBatch(_)
+            | AnswerError::Postprocess(_)
+            | AnswerError::Panicked(_) => ErrorCode::Internal,
         }
     }
 }

@@ -9,8 +9,9 @@ use serde::Serialize;
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
+use super::ModelMetadata;
 use super::{Model, ModelManifest};
-use crate::protocol::ModelMetadata;
+use crate::report::Report;
 
 /// The findings on one ONNX file.
 #[derive(Debug, Serialize)]
@@ -92,7 +93,7 @@ fn try_load(name: &str, file: &Path, dir: &Path) -> Result<ModelMetadata, LoadFa
     };
     Model::from_onnx(name, file, &manifest, None, None, None)
         .map(|m| m.metadata().clone())
-        .map_err(|e| failure(e.to_string()))
+        .map_err(|e| failure(Report(&e).to_string()))
 }
 
 fn hint_for(error: &str) -> Option<&'static str> {

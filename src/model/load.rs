@@ -10,7 +10,8 @@ use tract_onnx::tract_hir::infer::Factoid;
 use super::contract::{check_batchable, resolve_postprocess, resolve_preprocess, resolve_session};
 use super::postprocess::Postprocess;
 use super::{cache, manifest, LoadError, Model, ModelCache, ModelManifest};
-use crate::protocol::{DataType, ModelMetadata, TensorMetadata};
+use super::{ModelMetadata, TensorMetadata};
+use crate::protocol::DataType;
 
 /// Name of the batch symbol given to a `-1` leading dimension.
 const BATCH_SYMBOL: &str = "N";
@@ -40,7 +41,7 @@ impl Model {
         cache: Option<&ModelCache>,
     ) -> Result<Model, LoadError> {
         let tract = |stage: &'static str| {
-            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
         };
         let entry = cache.and_then(|cache| cache.entry(name, onnx));
         if let Some(cached) = entry.as_ref().and_then(|entry| entry.load()) {
@@ -77,7 +78,7 @@ impl Model {
         dictionary: Option<Vec<String>>,
     ) -> Result<Model, LoadError> {
         let tract = |stage: &'static str| {
-            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, reason: format!("{e:#}") }
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
         };
         let cache::CachedModel { typed, inputs, output_names } = decluttered;
         let typed = typed.into_optimized().map_err(tract("optimise the graph"))?;
@@ -107,14 +108,14 @@ impl Model {
         let model = Model {
             metadata: ModelMetadata {
                 name: name.to_string(),
-                platform: crate::protocol::metadata::PLATFORM.to_string(),
+                platform: super::PLATFORM.to_string(),
                 inputs: public_inputs,
                 outputs: public_outputs,
                 description: manifest.description.clone(),
                 labels,
-                preprocess: manifest.preprocess.as_ref().and_then(|d| serde_json::to_value(d).ok()),
-                postprocess: manifest.postprocess.as_ref().and_then(|d| serde_json::to_value(d).ok()),
-                session: manifest.session.as_ref().and_then(|d| serde_json::to_value(d).ok()),
+                preprocess: manifest.preprocess.clone(),
+                postprocess: manifest.postprocess.clone(),
+                session: manifest.session.clone(),
             },
             inputs,
             raw_outputs,
@@ -138,7 +139,7 @@ fn fix_inputs(
 ) -> Result<Vec<TensorMetadata>, LoadError> {
     let names: Vec<String> = graph
         .input_outlets()
-        .map_err(|e| LoadError::Tract { model: model.into(), stage: "list inputs", reason: format!("{e:#}") })?
+        .map_err(|e| LoadError::Tract { model: model.into(), stage: "list inputs", source: e.into() })?
         .iter()
         .map(|o| graph.node(o.node).name.clone())
         .collect();
@@ -150,9 +151,8 @@ fn fix_inputs(
             available: names,
         });
     }
-    let tract = |stage: &'static str| {
-        move |e: TractError| LoadError::Tract { model: model.into(), stage, reason: format!("{e:#}") }
-    };
+    let tract =
+        |stage: &'static str| move |e: TractError| LoadError::Tract { model: model.into(), stage, source: e.into() };
     // Constant inputs first: they become part of the graph and leave the input list.
     let outlets = graph.input_outlets().map_err(tract("list inputs"))?.to_vec();
     for (outlet, name) in outlets.iter().zip(&names) {
@@ -183,7 +183,7 @@ fn fix_inputs(
         graph.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(|e| LoadError::Tract {
             model: model.into(),
             stage: "set the input shape",
-            reason: format!("{e:#}"),
+            source: e.into(),
         })?;
         specs.push(spec);
     }
@@ -228,7 +228,7 @@ fn describe_outputs(
         let fact = typed.output_fact(ix).map_err(|e| LoadError::Tract {
             model: model.into(),
             stage: "type the outputs",
-            reason: format!("{e:#}"),
+            source: e.into(),
         })?;
         let datatype =
             DataType::from_datum_type(fact.datum_type).filter(|d| *d != DataType::Bytes).ok_or_else(|| {

@@ -13,25 +13,27 @@ pub mod image;
 pub mod inspect;
 mod load;
 pub mod manifest;
-pub mod postprocess;
+mod metadata;
+pub(crate) mod postprocess;
 mod prepare;
 pub mod repository;
 mod run;
-pub mod session;
+pub(crate) mod session;
 
 use std::sync::Arc;
 
 use tract_core::prelude::*;
 
-use crate::protocol::{ModelMetadata, TensorMetadata};
 pub use cache::ModelCache;
 pub use error::{AnswerError, InputError, LoadError};
 use image::ImageTarget;
 use manifest::AudioDecl;
 pub use manifest::{ModelManifest, ServingDecl};
+pub use metadata::{ModelMetadata, TensorMetadata, PLATFORM};
 use postprocess::Postprocess;
 pub use prepare::{Pending, PreparedInputs};
 pub use repository::ModelRepository;
+pub use run::{Answer, AnsweredOutput};
 use session::SessionStore;
 
 /// A model ready to serve. Cheap to share: workers hold an `Arc<Model>` and run the same plan.

@@ -5,7 +5,8 @@ use tract_core::internal::bail;
 use tract_core::prelude::{tvec, Tensor, TractResult};
 
 use super::manifest::{ClassifyDecl, CtcDecl, PostprocessDecl};
-use crate::protocol::{DataType, TensorMetadata};
+use super::TensorMetadata;
+use crate::protocol::DataType;
 use crate::tensors::{elements, tensor_of};
 
 /// A declared post-processing, with what it needs from the model directory.

@@ -1,11 +1,39 @@
 //! Running prepared requests: one at a time or stacked as a batch, with the session's state read
-//! before and written after, and the outputs a request asked for encoded as its reply.
+//! before and written after, and the outputs a request asked for picked out as its [`Answer`].
 
 use tract_core::prelude::*;
 
 use super::session::{SessionKey, SessionState, Start};
 use super::{audio, AnswerError, InputError, Model, Pending, PreparedInputs, Preprocess};
-use crate::protocol::{encode_response, EncodedReply, OutputTensor};
+use crate::protocol::OutputTensor;
+
+/// What a request's run produced: the outputs it asked for, in its order, still tensors. The
+/// side that took the request encodes them for the wire.
+#[derive(Debug)]
+pub struct Answer {
+    pub outputs: Vec<AnsweredOutput>,
+    /// The reply's own parameters (a session's id and what happened to it), if any.
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// One output of an [`Answer`].
+#[derive(Debug)]
+pub struct AnsweredOutput {
+    pub name: String,
+    pub tensor: TValue,
+    /// The client asked for it as raw bytes rather than JSON.
+    pub binary: bool,
+}
+
+impl Answer {
+    /// The outputs in the form the protocol's encoder takes.
+    pub fn tensors(&self) -> Vec<OutputTensor<'_>> {
+        self.outputs
+            .iter()
+            .map(|out| OutputTensor { name: &out.name, tensor: &out.tensor, binary: out.binary })
+            .collect()
+    }
+}
 
 impl Model {
     /// Runs the model once. Every call gets a fresh tract state: reusing one would carry recurrent
@@ -14,9 +42,9 @@ impl Model {
         self.plan.run(inputs)
     }
 
-    /// Runs a prepared request and encodes the reply with the outputs the client asked for. A
-    /// request of a session continues from the session's state and leaves the new state behind.
-    pub fn answer(&self, id: Option<&str>, mut prepared: PreparedInputs) -> Result<EncodedReply, AnswerError> {
+    /// Runs a prepared request and picks out the outputs the client asked for. A request of a
+    /// session continues from the session's state and leaves the new state behind.
+    pub fn answer(&self, mut prepared: PreparedInputs) -> Result<Answer, AnswerError> {
         let session_key =
             prepared.session.take().map(|id| SessionKey { owner: std::mem::take(&mut prepared.session_owner), id });
         let (mut state, start) = match (&self.session, &session_key) {
@@ -26,10 +54,9 @@ impl Model {
         let previous = state.clone();
         let outputs = self
             .complete(&mut prepared, &mut state)
-            .and_then(|()| self.run(prepared.inputs).map_err(|e| AnswerError::Inference(format!("{e:#}"))));
+            .and_then(|()| self.run(prepared.inputs).map_err(|e| AnswerError::Inference(e.into())));
         let (Some(session), Some(key)) = (&self.session, session_key) else {
-            let outputs = outputs?;
-            return self.encode(id, None, &outputs.iter().map(|t| &**t).collect::<Vec<_>>(), &prepared.outputs);
+            return self.select(None, outputs?, &prepared.outputs);
         };
         let outputs = match outputs {
             Ok(outputs) => outputs,
@@ -53,7 +80,7 @@ impl Model {
         if let Some(why) = start.eviction() {
             parameters.insert("session_evicted".into(), why.into());
         }
-        self.encode(id, Some(&parameters), &outputs.iter().map(|t| &**t).collect::<Vec<_>>(), &prepared.outputs)
+        self.select(Some(parameters), outputs, &prepared.outputs)
     }
 
     /// Fills in what `prepare` left for the inference thread: the pre-processed input (decoded
@@ -99,42 +126,40 @@ impl Model {
     /// Runs several prepared requests as one batch (stacked along the batch dimension, which
     /// `max_batch_size` guarantees every input and output has) and answers each with its own rows.
     /// A request whose image cannot be decoded fails alone; a failed run fails the whole batch.
-    pub fn answer_batch(
-        &self,
-        requests: Vec<(Option<&str>, PreparedInputs)>,
-    ) -> Vec<Result<EncodedReply, AnswerError>> {
+    pub fn answer_batch(&self, requests: Vec<PreparedInputs>) -> Vec<Result<Answer, AnswerError>> {
         if requests.len() == 1 {
-            let (id, prepared) = requests.into_iter().next().expect("one request");
-            return vec![self.answer(id, prepared)];
+            let prepared = requests.into_iter().next().expect("one request");
+            return vec![self.answer(prepared)];
         }
-        let mut answers: Vec<Option<Result<EncodedReply, AnswerError>>> = requests.iter().map(|_| None).collect();
+        let mut answers: Vec<Option<Result<Answer, AnswerError>>> = requests.iter().map(|_| None).collect();
         let mut ready = Vec::with_capacity(requests.len());
-        for (slot, (id, mut prepared)) in requests.into_iter().enumerate() {
+        for (slot, mut prepared) in requests.into_iter().enumerate() {
             match self.complete(&mut prepared, &mut None) {
-                Ok(()) => ready.push((slot, id, prepared)),
+                Ok(()) => ready.push((slot, prepared)),
                 Err(e) => answers[slot] = Some(Err(e)),
             }
         }
         let outputs = (0..self.inputs.len())
             .map(|input| {
-                let parts: Vec<&Tensor> = ready.iter().map(|(_, _, p)| &*p.inputs[input]).collect();
+                let parts: Vec<&Tensor> = ready.iter().map(|(_, p)| &*p.inputs[input]).collect();
                 Ok(Tensor::stack_tensors(0, &parts)?.into_tvalue())
             })
             .collect::<TractResult<TVec<TValue>>>()
             .and_then(|stacked| self.run(stacked));
         let mut start = 0;
-        for (slot, id, prepared) in &ready {
+        for (slot, prepared) in &ready {
             let answer = match &outputs {
-                Err(e) => Err(AnswerError::Inference(format!("{e:#}"))),
+                // Each request of the batch gets the cause, so each needs its own copy of it.
+                Err(e) => Err(AnswerError::Inference(format!("{e:#}").into())),
                 Ok(outputs) => {
                     let range = start..start + prepared.rows();
                     start = range.end;
                     outputs
                         .iter()
-                        .map(|t| t.slice(0, range.start, range.end))
-                        .collect::<TractResult<Vec<Tensor>>>()
-                        .map_err(|e| AnswerError::Inference(format!("splitting the batch: {e:#}")))
-                        .and_then(|own| self.encode(*id, None, &own.iter().collect::<Vec<_>>(), &prepared.outputs))
+                        .map(|t| Ok(t.slice(0, range.start, range.end)?.into_tvalue()))
+                        .collect::<TractResult<TVec<TValue>>>()
+                        .map_err(|e| AnswerError::SplitBatch(e.into()))
+                        .and_then(|own| self.select(None, own, &prepared.outputs))
                 }
             };
             answers[*slot] = Some(answer);
@@ -142,32 +167,31 @@ impl Model {
         answers.into_iter().map(|a| a.expect("every request answered")).collect()
     }
 
-    /// Encodes the outputs a request asked for, computing post-processed ones when asked for.
-    fn encode(
+    /// Picks out the outputs a request asked for, computing post-processed ones when asked for.
+    fn select(
         &self,
-        id: Option<&str>,
-        parameters: Option<&serde_json::Map<String, serde_json::Value>>,
-        outputs: &[&Tensor],
+        parameters: Option<serde_json::Map<String, serde_json::Value>>,
+        outputs: TVec<TValue>,
         wanted: &[(usize, bool)],
-    ) -> Result<EncodedReply, AnswerError> {
-        let computed = match &self.postprocess {
-            Some(post) if wanted.iter().any(|(i, _)| *i >= self.raw_outputs) => Some(
-                post.compute(outputs[post.source])
-                    .map_err(|e| AnswerError::Inference(format!("post-processing: {e:#}")))?,
-            ),
-            _ => None,
+    ) -> Result<Answer, AnswerError> {
+        let mut computed: Vec<Option<Tensor>> = match &self.postprocess {
+            Some(post) if wanted.iter().any(|(i, _)| *i >= self.raw_outputs) => {
+                post.compute(&outputs[post.source]).map_err(|e| AnswerError::Postprocess(e.into()))?.map(Some).into()
+            }
+            _ => Vec::new(),
         };
-        let selected: Vec<OutputTensor<'_>> = wanted
+        let outputs = wanted
             .iter()
-            .map(|&(index, binary)| OutputTensor {
-                name: &self.metadata.outputs[index].name,
+            .map(|&(index, binary)| AnsweredOutput {
+                name: self.metadata.outputs[index].name.clone(),
                 tensor: match index.checked_sub(self.raw_outputs) {
-                    None => outputs[index],
-                    Some(j) => &computed.as_ref().expect("computed when asked for")[j],
+                    None => outputs[index].clone(),
+                    // Each output is named once (`prepare` refuses duplicates).
+                    Some(j) => computed[j].take().expect("computed when asked for").into_tvalue(),
                 },
                 binary,
             })
             .collect();
-        Ok(encode_response(self.name(), id, parameters, &selected)?)
+        Ok(Answer { outputs, parameters })
     }
 }

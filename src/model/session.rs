@@ -175,10 +175,6 @@ impl SessionStore {
         self.lock().live.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn remember(&self, sessions: &mut Sessions, key: SessionKey, why: Start) {
         if sessions.evicted.insert(key.clone(), why).is_none() {
             sessions.evicted_order.push_back(key);

@@ -1,11 +1,11 @@
 //! MQTT transport: options, the topic scheme, the event loop and the publisher.
 
-pub mod connection;
-pub mod options;
-pub mod publisher;
-pub mod redelivery;
-pub mod reply;
-pub mod status;
+pub(crate) mod connection;
+pub(crate) mod options;
+pub(crate) mod publisher;
+pub(crate) mod redelivery;
+pub(crate) mod reply;
+pub(crate) mod status;
 pub mod topics;
 
 pub use topics::Topics;

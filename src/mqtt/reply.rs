@@ -12,12 +12,15 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::publisher::{Command, Outgoing};
 use super::redelivery::{Delivery, Recent};
+use crate::model::{Answer, AnswerError};
 use crate::protocol::request::HEADER_LENGTH_PROPERTY;
-use crate::protocol::{encode_error, EncodedReply, ErrorCode};
+use crate::protocol::{encode_error, encode_response, EncodedReply, ErrorCode};
+use crate::report::Report;
+use crate::scheduler::{JobError, Responder};
 use crate::stats::Counters;
 use crate::untrusted::Untrusted;
 
@@ -63,6 +66,42 @@ impl ReplyLimits {
     pub fn hold_blocking(&self, runtime: &tokio::runtime::Handle, bytes: usize) -> OwnedSemaphorePermit {
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.max_reply_bytes as u32);
         runtime.block_on(self.pending.clone().acquire_many_owned(permits)).expect("the reply budget is never closed")
+    }
+}
+
+/// The way to the publisher task, shared by everything that replies: the dispatcher (async) and
+/// the inference threads (blocking, and holding reply bytes under `requests.max_pending_reply_bytes`).
+#[derive(Debug)]
+pub struct Outbox {
+    commands: mpsc::Sender<Command>,
+    limits: Arc<ReplyLimits>,
+    /// The async runtime, for the inference threads' waits on async primitives.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Outbox {
+    /// Call it from within the async runtime.
+    pub fn new(commands: mpsc::Sender<Command>, limits: Arc<ReplyLimits>) -> Outbox {
+        Outbox { commands, limits, runtime: tokio::runtime::Handle::current() }
+    }
+
+    /// Queues a reply, waiting for room: under a flood, replies wait (and with them their
+    /// requests' acknowledgements, so the broker holds the next ones) rather than being dropped.
+    pub async fn send(&self, command: Command) {
+        if self.commands.send(command).await.is_err() {
+            tracing::debug!("reply dropped: publisher stopped");
+        }
+    }
+
+    /// [`send`](Outbox::send) from a thread outside the async runtime, once the reply budget
+    /// has room for the reply's bytes.
+    fn send_blocking(&self, mut command: Command) {
+        if let Command::Publish(out) = &mut command {
+            out.held = Some(self.limits.hold_blocking(&self.runtime, out.payload.len()));
+        }
+        if self.commands.blocking_send(command).is_err() {
+            tracing::error!("reply lost: the publisher has stopped");
+        }
     }
 }
 
@@ -112,9 +151,27 @@ pub struct ReplyTo {
     /// Where this reply is counted: every request gets exactly one reply, so counting replies
     /// counts requests.
     pub counts: Arc<Counters>,
-    pub limits: Arc<ReplyLimits>,
+    pub outbox: Arc<Outbox>,
     /// Sent after the reply (see [`Ack`]).
     pub ack: Option<Ack>,
+}
+
+/// An inference thread's answer becomes this reply: encoded there (not on the async runtime),
+/// measured against the limits, and queued for the publisher.
+impl Responder for ReplyTo {
+    fn respond(self, model: &str, id: Option<&str>, outcome: Result<Answer, JobError>) {
+        if let Err(JobError::Answer(AnswerError::Panicked(_))) = &outcome {
+            self.counts.panicked();
+        }
+        let command = match outcome {
+            Ok(answer) => match encode_response(model, id, answer.parameters.as_ref(), &answer.tensors()) {
+                Ok(encoded) => self.result(id, model, encoded),
+                Err(e) => self.error(id, model, ErrorCode::Internal, &e.to_string()),
+            },
+            Err(e) => self.error(id, model, e.code(), &Report(&e).to_string()),
+        };
+        self.outbox.send_blocking(command);
+    }
 }
 
 impl ReplyTo {
@@ -122,7 +179,8 @@ impl ReplyTo {
     /// it would be over a limit.
     pub fn result(&self, id: Option<&str>, model: &str, reply: EncodedReply) -> Command {
         let size = self.packet_size(reply.payload.len(), reply.header_len);
-        let limit = self.limits.max_reply_bytes.min(self.limits.max_packet());
+        let limits = &self.outbox.limits;
+        let limit = limits.max_reply_bytes.min(limits.max_packet());
         if size > limit {
             let message = format!(
                 "the reply would be {size} bytes, over this daemon's limit of {limit} (requests.max_reply_bytes, \
@@ -172,12 +230,15 @@ mod tests {
     use super::*;
 
     fn reply_to(max_reply_bytes: usize) -> ReplyTo {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _entered = runtime.enter();
+        let limits = Arc::new(ReplyLimits::new(max_reply_bytes, max_reply_bytes));
         ReplyTo {
             topic: "clients/1/reply".into(),
             correlation: Some(Bytes::from_static(b"c")),
             qos: QoS::AtLeastOnce,
             counts: Arc::default(),
-            limits: Arc::new(ReplyLimits::new(max_reply_bytes, max_reply_bytes)),
+            outbox: Arc::new(Outbox::new(mpsc::channel(1).0, limits)),
             ack: None,
         }
     }
@@ -201,10 +262,10 @@ mod tests {
     #[test]
     fn the_brokers_maximum_packet_size_counts_too() {
         let to = reply_to(1 << 20);
-        to.limits.set_broker_max_packet(Some(2000));
+        to.outbox.limits.set_broker_max_packet(Some(2000));
         let reply = EncodedReply { payload: vec![b'x'; 1990], header_len: None };
         assert_eq!(payload_of(to.result(None, "m", reply))["code"], "too_large");
-        to.limits.set_broker_max_packet(None);
+        to.outbox.limits.set_broker_max_packet(None);
         let reply = EncodedReply { payload: vec![b'x'; 1990], header_len: None };
         assert_eq!(payload_of(to.result(None, "m", reply)), serde_json::Value::Null);
     }

@@ -3,7 +3,8 @@
 //! The MQTT side never waits for inference: it puts a checked request on the model's queue, or
 //! answers `busy` at once when the queue is full. Workers are plain threads (tract is CPU-bound
 //! and synchronous); each takes jobs in arrival order, drops those whose deadline has passed, runs
-//! the model and hands the encoded reply to the publisher.
+//! the model and hands the answer to the job's [`Responder`]. How answers travel (MQTT topics,
+//! QoS, encoding) is the responder's business, not the scheduler's.
 
 mod worker;
 
@@ -14,18 +15,48 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::model::{Model, ModelRepository, PreparedInputs};
-use crate::mqtt::publisher::Command;
-use crate::mqtt::reply::{ReplyLimits, ReplyTo};
+use crate::model::{Answer, AnswerError, Model, ModelRepository, PreparedInputs};
+use crate::protocol::ErrorCode;
+
+/// Where the outcome of a job goes: the side that took the request implements it (the daemon's
+/// MQTT replies do), so that the scheduler knows jobs and workers, not transports.
+pub trait Responder: Send + 'static {
+    /// Called exactly once per job, on its inference thread, which it may block (waiting for
+    /// room to hold the reply, say). `model` is the job's model name.
+    fn respond(self, model: &str, id: Option<&str>, outcome: Result<Answer, JobError>);
+}
+
+/// Why a job got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The model could not answer this request.
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+    #[error("deadline exceeded after {waited_ms} ms in the queue; not computed")]
+    DeadlineExceeded { waited_ms: u128 },
+    #[error("the daemon is stopping; not computed")]
+    ShuttingDown,
+}
+
+impl JobError {
+    /// The reply's error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            JobError::Answer(e) => e.code(),
+            JobError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+            JobError::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
 
 /// One accepted request, checked against its model and waiting for a worker.
-pub struct Job {
+pub struct Job<R> {
     pub model: Arc<Model>,
     pub id: Option<String>,
     pub inputs: PreparedInputs,
-    pub reply: ReplyTo,
+    pub reply: R,
     pub received: Instant,
     /// Past this instant nobody waits for the answer: reply `deadline_exceeded` instead of computing.
     pub deadline: Option<Instant>,
@@ -35,23 +66,23 @@ pub struct Job {
     pub budget: OwnedSemaphorePermit,
 }
 
-struct ModelProgress {
+struct ModelProgress<R> {
     name: String,
-    queue: crossbeam_channel::Receiver<Task>,
+    queue: crossbeam_channel::Receiver<Task<R>>,
     finished: Arc<AtomicU64>,
 }
 
-enum Task {
-    Run(Box<Job>),
+enum Task<R> {
+    Run(Box<Job<R>>),
     Stop,
 }
 
 /// Why a job was not queued. The job comes back so that the caller can answer it.
-pub enum Rejected {
+pub enum Rejected<R> {
     /// The model's queue is full.
-    Busy(Box<Job>),
+    Busy(Box<Job<R>>),
     /// The daemon is stopping.
-    ShuttingDown(Box<Job>),
+    ShuttingDown(Box<Job<R>>),
 }
 
 /// Default sizing for the worker pools; a model's `[serving]` section overrides it.
@@ -62,44 +93,35 @@ pub struct PoolConfig {
 }
 
 /// Handle to every model's queue. Cheap to clone; [`Scheduler::shutdown`] drains and joins.
-#[derive(Clone)]
-pub struct Scheduler {
-    inner: Arc<Inner>,
+pub struct Scheduler<R> {
+    inner: Arc<Inner<R>>,
 }
 
-struct Inner {
+impl<R> Clone for Scheduler<R> {
+    fn clone(&self) -> Self {
+        Scheduler { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<R> {
     /// `None` once shutdown began. Submissions hold the read lock, so no job can slip into a
     /// queue behind the stop markers.
-    queues: RwLock<Option<HashMap<String, Sender<Task>>>>,
+    queues: RwLock<Option<HashMap<String, Sender<Task<R>>>>>,
     workers: std::sync::Mutex<Vec<(String, JoinHandle<()>)>>,
     /// Set at shutdown: jobs still queued after this instant are answered `shutting_down`.
     drain_until: OnceLock<Instant>,
     /// Per model: its queue (to see what waits) and how many jobs its workers finished.
-    progress: std::sync::Mutex<Vec<ModelProgress>>,
-    replies: mpsc::Sender<Command>,
-    /// Bounds the reply bytes waiting for the publisher; workers wait for room.
-    reply_limits: Arc<ReplyLimits>,
-    /// The async runtime, for the workers' waits on async primitives.
-    runtime: tokio::runtime::Handle,
+    progress: std::sync::Mutex<Vec<ModelProgress<R>>>,
 }
 
-impl Scheduler {
-    /// Starts the worker threads for every model of the repository. Call it from within the
-    /// async runtime.
-    pub fn start(
-        repository: &ModelRepository,
-        pool: PoolConfig,
-        replies: mpsc::Sender<Command>,
-        reply_limits: Arc<ReplyLimits>,
-    ) -> Scheduler {
+impl<R: Responder> Scheduler<R> {
+    /// Starts the worker threads for every model of the repository.
+    pub fn start(repository: &ModelRepository, pool: PoolConfig) -> Scheduler<R> {
         let inner = Arc::new(Inner {
             queues: RwLock::new(Some(HashMap::new())),
             workers: Default::default(),
             drain_until: OnceLock::new(),
             progress: Default::default(),
-            replies,
-            reply_limits,
-            runtime: tokio::runtime::Handle::current(),
         });
         let mut queues = HashMap::new();
         let mut workers = Vec::new();
@@ -137,7 +159,7 @@ impl Scheduler {
     }
 
     /// Queues a job without waiting.
-    pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+    pub fn submit(&self, job: Job<R>) -> Result<(), Rejected<R>> {
         let queues = self.inner.queues.read().expect("queue lock");
         let Some(queue) = queues.as_ref().and_then(|q| q.get(job.model.name())) else {
             return Err(Rejected::ShuttingDown(Box::new(job)));
@@ -198,7 +220,7 @@ impl Scheduler {
     }
 }
 
-impl Inner {
+impl<R> Inner<R> {
     fn draining_past_grace(&self) -> bool {
         self.drain_until.get().is_some_and(|until| Instant::now() > *until)
     }

@@ -8,32 +8,30 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
-use super::{Inner, Job, Task};
+use super::{Inner, Job, JobError, Responder, Task};
 use crate::model::{AnswerError, Model};
-use crate::mqtt::publisher::Command;
 use crate::panics::panic_message;
-use crate::protocol::ErrorCode;
 use crate::untrusted::Untrusted;
 
-pub(super) struct Worker {
+pub(super) struct Worker<R> {
     pub model: Arc<Model>,
-    pub jobs: Receiver<Task>,
-    pub inner: Arc<Inner>,
+    pub jobs: Receiver<Task<R>>,
+    pub inner: Arc<Inner<R>>,
     /// Counts finished jobs, for the watchdog.
     pub finished: Arc<AtomicU64>,
 }
 
 /// What one gathering round took off the queue.
-struct Gathered {
-    batch: Vec<Job>,
+struct Gathered<R> {
+    batch: Vec<Job<R>>,
     /// A job that did not fit in the batch: it starts the next one.
-    left_over: Option<Box<Job>>,
+    left_over: Option<Box<Job<R>>>,
     /// The stop marker came (it is queued behind every job, so nothing is left over): finish
     /// the batch, then exit.
     stop: bool,
 }
 
-impl Worker {
+impl<R: Responder> Worker<R> {
     pub fn run(self) {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.model.warm_up())) {
             Ok(Ok(_)) => {}
@@ -53,8 +51,10 @@ impl Worker {
                     Ok(Task::Stop) | Err(_) => return,
                 },
             };
-            let gathered = self.gather(first);
-            self.complete(gathered.batch);
+            let gathered = self.gather(*first);
+            let count = gathered.batch.len() as u64;
+            self.answer(gathered.batch);
+            self.finished.fetch_add(count, Ordering::Relaxed);
             if gathered.stop {
                 return;
             }
@@ -62,27 +62,12 @@ impl Worker {
         }
     }
 
-    /// Answers a batch and hands the replies to the publisher, each once the reply budget has
-    /// room for it.
-    fn complete(&self, batch: Vec<Job>) {
-        let count = batch.len() as u64;
-        for mut reply in self.answer(batch) {
-            if let Command::Publish(out) = &mut reply {
-                out.held = Some(self.inner.reply_limits.hold_blocking(&self.inner.runtime, out.payload.len()));
-            }
-            if self.inner.replies.blocking_send(reply).is_err() {
-                tracing::error!(model = %self.model.name(), "reply lost: the publisher has stopped");
-            }
-        }
-        self.finished.fetch_add(count, Ordering::Relaxed);
-    }
-
     /// Adds queued jobs to `first` while they fit in `max_batch_size` rows, waiting up to
     /// `max_queue_delay_us` for more. Without batching, the batch is `first` alone.
-    fn gather(&self, first: Box<Job>) -> Gathered {
+    fn gather(&self, first: Job<R>) -> Gathered<R> {
         let max_rows = self.model.max_batch_size();
         let mut rows = first.inputs.rows();
-        let mut gathered = Gathered { batch: vec![*first], left_over: None, stop: false };
+        let mut gathered = Gathered { batch: vec![first], left_over: None, stop: false };
         if max_rows <= 1 {
             return gathered;
         }
@@ -117,20 +102,22 @@ impl Worker {
         gathered
     }
 
-    /// Replies to every job of a batch: expired and (past the shutdown grace) late ones with an
+    /// Answers every job of a batch: expired and (past the shutdown grace) late ones with an
     /// error, the rest computed in one run.
-    fn answer(&self, batch: Vec<Job>) -> Vec<Command> {
+    fn answer(&self, batch: Vec<Job<R>>) {
         let name = self.model.name();
-        let mut replies = Vec::with_capacity(batch.len());
         let mut runnable = Vec::with_capacity(batch.len());
         for job in batch {
             match self.refusal(&job) {
-                Some(reply) => replies.push(reply),
+                Some(error) => {
+                    let _span = job.span.enter();
+                    job.reply.respond(name, job.id.as_deref(), Err(error));
+                }
                 None => runnable.push(job),
             }
         }
         if runnable.is_empty() {
-            return replies;
+            return;
         }
         let size = runnable.len();
         let mut requests = Vec::with_capacity(size);
@@ -140,11 +127,10 @@ impl Worker {
             requests.push(inputs);
             jobs.push((id, reply, received, span, budget));
         }
-        let batch = jobs.iter().map(|j| j.0.as_deref()).zip(requests).collect();
         let answers = match std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
             tests::maybe_inject_panic(&jobs.iter().map(|j| j.0.as_deref()).collect::<Vec<_>>());
-            self.model.answer_batch(batch)
+            self.model.answer_batch(requests)
         })) {
             Ok(answers) => answers,
             Err(panic) => {
@@ -152,37 +138,26 @@ impl Worker {
                 let ids: Vec<String> =
                     jobs.iter().map(|j| Untrusted(j.0.as_deref().unwrap_or("")).to_string()).collect();
                 tracing::error!(model = %name, ids = ?ids, panic = %message, "panic while answering; each request gets an internal error and the worker goes on");
-                if let Some((_, reply, ..)) = jobs.first() {
-                    reply.counts.panicked();
-                }
                 jobs.iter().map(|_| Err(AnswerError::Panicked(message.clone()))).collect()
             }
         };
-        for ((id, reply, received, span, _budget), answer) in jobs.iter().zip(answers) {
+        for ((id, reply, received, span, _budget), answer) in jobs.into_iter().zip(answers) {
             let _span = span.enter();
-            replies.push(match answer {
-                Ok(encoded) => {
-                    tracing::debug!(us = received.elapsed().as_micros() as u64, batch = size, "answered");
-                    reply.result(id.as_deref(), name, encoded)
-                }
-                Err(e) => reply.error(id.as_deref(), name, e.code(), &e.to_string()),
-            });
+            if answer.is_ok() {
+                tracing::debug!(us = received.elapsed().as_micros() as u64, batch = size, "answered");
+            }
+            reply.respond(name, id.as_deref(), answer.map_err(JobError::from));
         }
-        replies
     }
 
-    /// The error reply for a job that must not be computed: its deadline passed while it waited,
-    /// or the daemon is stopping and its grace time is over.
-    fn refusal(&self, job: &Job) -> Option<Command> {
-        let _span = job.span.enter();
-        let (id, name) = (job.id.as_deref(), self.model.name());
+    /// Why a job must not be computed: its deadline passed while it waited, or the daemon is
+    /// stopping and its grace time is over.
+    fn refusal(&self, job: &Job<R>) -> Option<JobError> {
         if job.deadline.is_some_and(|d| Instant::now() > d) {
-            let waited = job.received.elapsed().as_millis();
-            let message = format!("deadline exceeded after {waited} ms in the queue; not computed");
-            return Some(job.reply.error(id, name, ErrorCode::DeadlineExceeded, &message));
+            return Some(JobError::DeadlineExceeded { waited_ms: job.received.elapsed().as_millis() });
         }
         if self.inner.draining_past_grace() {
-            return Some(job.reply.error(id, name, ErrorCode::ShuttingDown, "the daemon is stopping; not computed"));
+            return Some(JobError::ShuttingDown);
         }
         None
     }
@@ -198,8 +173,9 @@ pub(super) mod tests {
     use super::super::{PoolConfig, Scheduler};
     use super::*;
     use crate::model::ModelRepository;
-    use crate::mqtt::reply::{ReplyLimits, ReplyTo};
-    use crate::protocol::decode_request;
+    use crate::mqtt::publisher::Command;
+    use crate::mqtt::reply::{Outbox, ReplyLimits, ReplyTo};
+    use crate::protocol::{decode_request, ErrorCode};
 
     /// Requests with this id panic inside the worker's answering, as a bug in tract would.
     static PANIC_ON: Mutex<Option<&'static str>> = Mutex::new(None);
@@ -244,30 +220,31 @@ pub(super) mod tests {
         repository: &ModelRepository,
         queue: usize,
         replies: usize,
-    ) -> (Scheduler, tokio::sync::mpsc::Receiver<Command>, ReplyTo) {
+    ) -> (Scheduler<ReplyTo>, tokio::sync::mpsc::Receiver<Command>, ReplyTo) {
         let (tx, rx) = tokio::sync::mpsc::channel(replies);
         let limits = Arc::new(ReplyLimits::new(1 << 20, 1 << 20));
         let pool = PoolConfig { workers_per_model: 1, queue_capacity: queue };
-        (Scheduler::start(repository, pool, tx, limits.clone()), rx, reply_to(&limits))
+        (Scheduler::start(repository, pool), rx, reply_to(Outbox::new(tx, limits)))
     }
 
-    fn reply_to(limits: &Arc<ReplyLimits>) -> ReplyTo {
+    /// The daemon's own responder, publishing to a channel the test reads.
+    fn reply_to(outbox: Outbox) -> ReplyTo {
         ReplyTo {
             topic: "t".into(),
             correlation: None,
             qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
             counts: Arc::default(),
-            limits: limits.clone(),
+            outbox: Arc::new(outbox),
             ack: None,
         }
     }
 
-    fn job(repository: &ModelRepository, id: &str, reply: &ReplyTo) -> Job {
+    fn job<R: Clone>(repository: &ModelRepository, id: &str, reply: &R) -> Job<R> {
         rows_job(repository, id, reply, &[1.0; 64])
     }
 
     /// A job of `pixels.len() / 64` rows.
-    fn rows_job(repository: &ModelRepository, id: &str, reply: &ReplyTo, pixels: &[f32]) -> Job {
+    fn rows_job<R: Clone>(repository: &ModelRepository, id: &str, reply: &R, pixels: &[f32]) -> Job<R> {
         let model = repository.get("digits").unwrap().clone();
         let json = format!(
             r#"{{"id":"{id}","inputs":[{{"name":"pixels","shape":[{},64],"datatype":"FP32","data":{pixels:?}}}]}}"#,
@@ -290,6 +267,41 @@ pub(super) mod tests {
     fn reply_json(command: Command) -> serde_json::Value {
         let Command::Publish(out) = command else { panic!("a publish") };
         serde_json::from_slice(&out.payload).unwrap()
+    }
+
+    /// A responder that is not MQTT at all: what the scheduler hands over, and nothing else.
+    #[derive(Clone)]
+    struct Collect(std::sync::mpsc::Sender<Collected>);
+
+    /// A job's id, and its output names or error code.
+    type Collected = (Option<String>, Result<Vec<String>, ErrorCode>);
+
+    impl Responder for Collect {
+        fn respond(self, model: &str, id: Option<&str>, outcome: Result<crate::model::Answer, JobError>) {
+            assert_eq!(model, "digits");
+            let outcome = outcome.map(|a| a.outputs.iter().map(|o| o.name.clone()).collect()).map_err(|e| e.code());
+            self.0.send((id.map(String::from), outcome)).unwrap();
+        }
+    }
+
+    #[test]
+    fn each_job_gets_one_outcome_from_the_scheduler_alone() {
+        let repository = digits();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let responder = Collect(tx);
+        let scheduler = Scheduler::start(&repository, PoolConfig { workers_per_model: 1, queue_capacity: 4 });
+        let mut late = job(&repository, "late", &responder);
+        late.deadline = Some(Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(scheduler.submit(late).is_ok());
+        assert!(scheduler.submit(job(&repository, "fine", &responder)).is_ok());
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(first, (Some("late".into()), Err(ErrorCode::DeadlineExceeded)));
+        let (id, outcome) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(id.as_deref(), Some("fine"));
+        assert_eq!(outcome.unwrap().len(), 2, "what digits answers by default");
+        scheduler.shutdown(Duration::from_secs(1));
+        assert!(rx.try_recv().is_err(), "exactly one outcome per job");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -1,8 +1,10 @@
-//! Model metadata in the Open Inference Protocol's shape: what a client needs to build a request.
+//! Model metadata in the Open Inference Protocol's shape: what a client needs to build a request,
+//! with the `model.toml` sections that say what else the model takes and gives.
 
 use serde::{Deserialize, Serialize};
 
-use super::datatype::DataType;
+use super::manifest::{PostprocessDecl, PreprocessDecl, SessionDecl};
+use crate::protocol::DataType;
 
 /// A tensor's name, datatype and shape; `-1` marks a dimension of any size (the batch dimension).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,13 +29,13 @@ pub struct ModelMetadata {
     pub labels: Option<Vec<String>>,
     /// The model's `[preprocess]` (what payloads it takes besides tensors: images, audio).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preprocess: Option<serde_json::Value>,
+    pub preprocess: Option<PreprocessDecl>,
     /// The model's `[postprocess]` (which outputs are computed answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub postprocess: Option<serde_json::Value>,
+    pub postprocess: Option<PostprocessDecl>,
     /// The model's `[session]`: requests carry `parameters.session` to continue a stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<serde_json::Value>,
+    pub session: Option<SessionDecl>,
 }
 
 /// The platform string for every model served here: ONNX executed by tract.
