@@ -151,6 +151,12 @@ pub struct RequestsConfig {
     /// waits for its share (its pixels x bytes per decoded pixel), so decompression bombs cannot
     /// multiply by the number of threads.
     pub max_decode_bytes: usize,
+    /// Threads that one request may use when it is the only one being computed (its model's
+    /// queue empty, no other model computing): 0 = one per core, 1 = never more than one. A
+    /// camera board usually sends one frame and waits, so a lone request spreads its matrix
+    /// products over the idle cores; under load each request keeps to one core, which is what
+    /// gives the most throughput.
+    pub lone_request_threads: usize,
 }
 
 impl Default for RequestsConfig {
@@ -167,6 +173,7 @@ impl Default for RequestsConfig {
             max_pending_reply_bytes: 64 * 1024 * 1024,
             max_image_pixels: 16 * 1024 * 1024,
             max_decode_bytes: 256 * 1024 * 1024,
+            lone_request_threads: 0,
         }
     }
 }
@@ -319,6 +326,9 @@ impl Config {
         if r.workers > 256 {
             return invalid("requests.workers", "at most 256 (0 = one per core)".into());
         }
+        if r.lone_request_threads > 256 {
+            return invalid("requests.lone_request_threads", "at most 256 (0 = one per core, 1 = off)".into());
+        }
         Ok(())
     }
 
@@ -334,10 +344,22 @@ impl Config {
     /// Worker threads per model, resolving 0 to the number of cores.
     pub fn workers_per_model(&self) -> usize {
         match self.requests.workers {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => cores(),
             n => n,
         }
     }
+
+    /// `requests.lone_request_threads`, 0 resolved to the number of cores.
+    pub fn lone_request_threads(&self) -> usize {
+        match self.requests.lone_request_threads {
+            0 => cores(),
+            n => n,
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Host, port and transport from a broker URL.

@@ -10,8 +10,6 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_tracing();
-    #[cfg(feature = "multithread-mm")]
-    spread_matrix_products_over_cores();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of our output went away (`edgeinfer models | head`): nothing left to say.
@@ -37,16 +35,4 @@ fn init_tracing() {
     } else {
         builder.init();
     }
-}
-
-/// With the `multithread-mm` feature, each matrix product of one inference is split over a pool of
-/// one thread per core. The feature alone changes nothing: tract's default executor stays
-/// single-threaded until it is given a pool, here once for the whole process (the daemon's workers
-/// and `edgeinfer bench` share it, so a busy daemon runs at most one pool's threads of products).
-#[cfg(feature = "multithread-mm")]
-fn spread_matrix_products_over_cores() {
-    use tract_linalg::multithread::{set_default_executor, Executor};
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    set_default_executor(Executor::multithread_with_name(cores, "tract-mm"));
-    tracing::debug!(threads = cores, "multithread-mm: matrix products on a thread pool");
 }

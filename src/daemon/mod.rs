@@ -80,8 +80,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let (replies, replies_rx) = mpsc::channel(REPLY_CAPACITY);
     let recent = Arc::new(Recent::default());
     let publisher = tokio::spawn(publisher::run(broker.client.clone(), replies_rx, recent.clone()));
-    let pool =
-        PoolConfig { workers_per_model: config.workers_per_model(), queue_capacity: config.requests.queue_capacity };
+    let pool = PoolConfig {
+        workers_per_model: config.workers_per_model(),
+        queue_capacity: config.requests.queue_capacity,
+        lone_request_threads: config.lone_request_threads(),
+    };
     let scheduler = Scheduler::start(&repository, pool);
     let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
     tokio::spawn(
@@ -131,6 +134,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         device = %device,
         models = ?repository.names(),
         workers_per_model = pool.workers_per_model,
+        lone_request_threads = pool.lone_request_threads,
         broker = %config.broker.url,
         "serving"
     );

@@ -9,13 +9,14 @@
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::OwnedSemaphorePermit;
+use tract_linalg::multithread::Executor;
 
 use crate::model::{Answer, AnswerError, Model, ModelRepository, PreparedInputs};
 use crate::protocol::ErrorCode;
@@ -90,6 +91,9 @@ pub enum Rejected<R> {
 pub struct PoolConfig {
     pub workers_per_model: usize,
     pub queue_capacity: usize,
+    /// Threads a request may use when it is computed alone (`requests.lone_request_threads`);
+    /// 1 keeps every request on its worker's thread.
+    pub lone_request_threads: usize,
 }
 
 /// Handle to every model's queue. Cheap to clone; [`Scheduler::shutdown`] drains and joins.
@@ -112,16 +116,24 @@ struct Inner<R> {
     drain_until: OnceLock<Instant>,
     /// Per model: its queue (to see what waits) and how many jobs its workers finished.
     progress: std::sync::Mutex<Vec<ModelProgress<R>>>,
+    /// Workers computing right now, all models together.
+    computing: AtomicUsize,
+    /// tract's thread pool for a request computed alone; `None` when that is off.
+    lone: Option<Executor>,
 }
 
 impl<R: Responder> Scheduler<R> {
     /// Starts the worker threads for every model of the repository.
     pub fn start(repository: &ModelRepository, pool: PoolConfig) -> Scheduler<R> {
+        let lone = (pool.lone_request_threads > 1)
+            .then(|| Executor::multithread_with_name(pool.lone_request_threads, "infer-lone"));
         let inner = Arc::new(Inner {
             queues: RwLock::new(Some(HashMap::new())),
             workers: Default::default(),
             drain_until: OnceLock::new(),
             progress: Default::default(),
+            computing: AtomicUsize::new(0),
+            lone,
         });
         let mut queues = HashMap::new();
         let mut workers = Vec::new();

@@ -2,14 +2,16 @@
 //! unless its time is up, send the replies.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
+use tract_linalg::multithread::multithread_tract_scope;
+
 use super::{Inner, Job, JobError, Responder, Task};
-use crate::model::{AnswerError, Model};
+use crate::model::{Answer, AnswerError, Model, PreparedInputs};
 use crate::panics::panic_message;
 use crate::untrusted::Untrusted;
 
@@ -19,6 +21,15 @@ pub(super) struct Worker<R> {
     pub inner: Arc<Inner<R>>,
     /// Counts finished jobs, for the watchdog.
     pub finished: Arc<AtomicU64>,
+}
+
+/// Counts a worker as computing until dropped (a panic included).
+struct Computing<'a>(&'a AtomicUsize);
+
+impl Drop for Computing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What one gathering round took off the queue.
@@ -130,7 +141,7 @@ impl<R: Responder> Worker<R> {
         let answers = match std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
             tests::maybe_inject_panic(&jobs.iter().map(|j| j.0.as_deref()).collect::<Vec<_>>());
-            self.model.answer_batch(requests)
+            self.compute(requests)
         })) {
             Ok(answers) => answers,
             Err(panic) => {
@@ -147,6 +158,21 @@ impl<R: Responder> Worker<R> {
                 tracing::debug!(us = received.elapsed().as_micros() as u64, batch = size, "answered");
             }
             reply.respond(name, id.as_deref(), answer.map_err(JobError::from));
+        }
+    }
+
+    /// Runs the model on a batch: on tract's thread pool when it is a lone request (nothing else
+    /// queued for this model, no other worker computing), else on this thread alone. Deciding
+    /// per run is what makes both cases fast: a lone frame gets every idle core, and under load
+    /// one core per request wastes nothing on splitting the work.
+    fn compute(&self, requests: Vec<PreparedInputs>) -> Vec<Result<Answer, AnswerError>> {
+        let others = self.inner.computing.fetch_add(1, Ordering::SeqCst);
+        let _computing = Computing(&self.inner.computing);
+        match &self.inner.lone {
+            Some(pool) if others == 0 && requests.len() == 1 && self.jobs.is_empty() => {
+                multithread_tract_scope(pool.clone(), || self.model.answer_batch(requests))
+            }
+            _ => self.model.answer_batch(requests),
         }
     }
 
@@ -223,7 +249,7 @@ pub(super) mod tests {
     ) -> (Scheduler<ReplyTo>, tokio::sync::mpsc::Receiver<Command>, ReplyTo) {
         let (tx, rx) = tokio::sync::mpsc::channel(replies);
         let limits = Arc::new(ReplyLimits::new(1 << 20, 1 << 20));
-        let pool = PoolConfig { workers_per_model: 1, queue_capacity: queue };
+        let pool = PoolConfig { workers_per_model: 1, queue_capacity: queue, lone_request_threads: 2 };
         (Scheduler::start(repository, pool), rx, reply_to(Outbox::new(tx, limits)))
     }
 
@@ -289,7 +315,10 @@ pub(super) mod tests {
         let repository = digits();
         let (tx, rx) = std::sync::mpsc::channel();
         let responder = Collect(tx);
-        let scheduler = Scheduler::start(&repository, PoolConfig { workers_per_model: 1, queue_capacity: 4 });
+        let scheduler = Scheduler::start(
+            &repository,
+            PoolConfig { workers_per_model: 1, queue_capacity: 4, lone_request_threads: 1 },
+        );
         let mut late = job(&repository, "late", &responder);
         late.deadline = Some(Instant::now());
         std::thread::sleep(Duration::from_millis(2));
