@@ -1,5 +1,5 @@
-//! Loading: an ONNX file (or the model cache's decluttered form) becomes an optimised, warmed-up
-//! tract plan, its inputs fixed from `model.toml` or the graph and its outputs described.
+//! Loading: an ONNX file (or the model cache's decluttered form) becomes optimised, warmed-up
+//! tract plans (see `plans`), its inputs fixed from `model.toml` or the graph and its outputs described.
 
 use std::path::Path;
 
@@ -8,6 +8,7 @@ use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceMod
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::contract::{check_batchable, resolve_postprocess, resolve_preprocess, resolve_session};
+use super::plans::{self, Plans};
 use super::postprocess::Postprocess;
 use super::{cache, manifest, LoadError, Model, ModelCache, ModelManifest};
 use super::{ModelMetadata, TensorMetadata};
@@ -68,8 +69,9 @@ impl Model {
         Model::from_decluttered(name, decluttered, manifest, labels, dictionary)
     }
 
-    /// Optimises a decluttered graph for this CPU, checks its outputs against `model.toml`, builds
-    /// the plan and runs it once.
+    /// Optimises a decluttered graph for this CPU (once as declared, once per batch size that gets
+    /// a plan of its own), checks its outputs against `model.toml`, builds the plans and runs each
+    /// once.
     fn from_decluttered(
         name: &str,
         decluttered: cache::CachedModel,
@@ -81,12 +83,15 @@ impl Model {
             move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
         };
         let cache::CachedModel { typed, inputs, output_names } = decluttered;
+        let sizes = plans::batch_sizes(&inputs, manifest.serving.max_batch_size);
+        let fixed =
+            plans::fixed_plans(&typed, &inputs, &sizes).map_err(tract("build a plan for a fixed batch size"))?;
         let typed = typed.into_optimized().map_err(tract("optimise the graph"))?;
         let outputs = describe_outputs(name, &typed, &output_names, manifest)?;
         if manifest.serving.max_batch_size.is_some_and(|b| b > 1) {
             check_batchable(name, &inputs, &outputs)?;
         }
-        let plan = typed.into_runnable().map_err(tract("build a plan"))?;
+        let plans = Plans::new(typed.into_runnable().map_err(tract("build a plan"))?, fixed, &inputs);
         let preprocess = resolve_preprocess(name, manifest, &inputs)?;
         let names = match &manifest.postprocess {
             Some(manifest::PostprocessDecl::Ctc(_)) => dictionary,
@@ -120,12 +125,12 @@ impl Model {
             inputs,
             raw_outputs,
             serving,
-            plan,
+            plans,
             preprocess,
             postprocess,
             session,
         };
-        model.warm_up().map_err(tract("run the model on zeros"))?;
+        model.plans.check(|batch| model.zero_inputs(batch)).map_err(tract("run the model on zeros"))?;
         Ok(model)
     }
 }

@@ -14,13 +14,12 @@ pub mod inspect;
 mod load;
 pub mod manifest;
 mod metadata;
+mod plans;
 pub(crate) mod postprocess;
 mod prepare;
 pub mod repository;
 mod run;
 pub(crate) mod session;
-
-use std::sync::Arc;
 
 use tract_core::prelude::*;
 
@@ -36,7 +35,7 @@ pub use repository::ModelRepository;
 pub use run::{Answer, AnsweredOutput};
 use session::SessionStore;
 
-/// A model ready to serve. Cheap to share: workers hold an `Arc<Model>` and run the same plan.
+/// A model ready to serve. Cheap to share: workers hold an `Arc<Model>` and run the same plans.
 pub struct Model {
     metadata: ModelMetadata,
     /// Every graph input, in the graph's order (the metadata leaves out session state inputs,
@@ -45,7 +44,8 @@ pub struct Model {
     /// The graph's outputs come first in `metadata.outputs`; post-processed ones follow.
     raw_outputs: usize,
     serving: ServingDecl,
-    plan: Arc<TypedRunnableModel>,
+    /// The symbolic plan and the ones fixed to batch sizes (see `plans`).
+    plans: plans::Plans,
     preprocess: Option<Preprocess>,
     postprocess: Option<Postprocess>,
     session: Option<Session>,

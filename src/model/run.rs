@@ -37,9 +37,10 @@ impl Answer {
 
 impl Model {
     /// Runs the model once. Every call gets a fresh tract state: reusing one would carry recurrent
-    /// (LSTM/GRU) hidden state from one request into the next and give wrong answers.
+    /// (LSTM/GRU) hidden state from one request into the next and give wrong answers. The plan
+    /// is the one fixed to the inputs' batch size when there is one (see `plans`).
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        self.plan.run(inputs)
+        self.plans.run(inputs)
     }
 
     /// Runs a prepared request and picks out the outputs the client asked for. A request of a
