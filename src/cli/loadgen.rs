@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use edgeinfer::client::{ClientError, Reply, Requester};
+use edgeinfer::client::{ClientError, Reply, RequestMeta, Requester};
 use serde::Serialize;
 
 use super::ConfigArgs;
@@ -20,9 +20,14 @@ pub struct LoadgenArgs {
     model: String,
     #[command(flatten)]
     config: ConfigArgs,
-    /// The OIP JSON request to send, over and over
+    /// The request to send, over and over: OIP JSON, or a .png/.jpg image sent as it is (what a
+    /// camera board sends)
     #[arg(long, short = 'i', value_name = "FILE")]
     input: PathBuf,
+    /// Send the input file as it is with this Content Type (`audio/pcm;format=s16le;rate=16000`,
+    /// say) [default: by the file's extension for images, else an OIP JSON request]
+    #[arg(long, value_name = "TYPE", conflicts_with = "binary")]
+    content_type: Option<String>,
     /// Send to the fleet topic instead of --device
     #[arg(long)]
     fleet: bool,
@@ -105,18 +110,25 @@ fn reply_kind(reply: &Reply) -> String {
 
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let config = args.config.load(None)?;
-    let json = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let (payload, header_len) = super::request_payload(json, args.binary)?;
+    let input = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let media = args.content_type.clone().or_else(|| super::image_content_type(&args.input).map(String::from));
+    let (payload, meta) = match media {
+        Some(content_type) => (input, RequestMeta { content_type: Some(content_type), ..Default::default() }),
+        None => {
+            let (payload, header_len) = super::request_payload(input, args.binary)?;
+            (payload, RequestMeta { header_len, ..Default::default() })
+        }
+    };
     let topic = super::request_topic(&config, &args.model, args.fleet);
     let timeout = Duration::from_millis(args.timeout_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let requester = Arc::new(Requester::connect(&config, timeout).await?);
         let first_answer_unix_ms = match args.wait_ready {
-            Some(secs) => Some(wait_ready(&requester, &topic, &payload, header_len, secs).await?),
+            Some(secs) => Some(wait_ready(&requester, &topic, &payload, &meta, secs).await?),
             None => None,
         };
-        let mut result = drive(&args, requester.clone(), topic, payload, header_len, timeout).await;
+        let mut result = drive(&args, requester.clone(), topic, payload, meta, timeout).await;
         result.first_answer_unix_ms = first_answer_unix_ms;
         if let Ok(requester) = Arc::try_unwrap(requester) {
             requester.close().await;
@@ -149,7 +161,7 @@ async fn wait_ready(
     requester: &Requester,
     topic: &str,
     payload: &[u8],
-    header_len: Option<usize>,
+    meta: &RequestMeta,
     secs: f64,
 ) -> anyhow::Result<u128> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -158,7 +170,7 @@ async fn wait_ready(
     // further behind answering the earlier tries, whose answers this loop no longer waits for.
     let mut wait = Duration::from_millis(50);
     loop {
-        let reply = requester.request(topic, payload.to_vec(), header_len, wait).await;
+        let reply = requester.request_with(topic, payload.to_vec(), meta.clone(), wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
         if let Ok(reply) = reply {
             if reply_kind(&reply) == "ok" {
@@ -175,7 +187,7 @@ async fn drive(
     requester: Arc<Requester>,
     topic: String,
     payload: Vec<u8>,
-    header_len: Option<usize>,
+    meta: RequestMeta,
     timeout: Duration,
 ) -> LoadResult {
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -186,9 +198,10 @@ async fn drive(
         let (requester, topic, payload, tally) = (requester.clone(), topic.clone(), payload.clone(), tally.clone());
         move || {
             let (requester, topic, payload, tally) = (requester.clone(), topic.clone(), payload.clone(), tally.clone());
+            let meta = meta.clone();
             async move {
                 let started = Instant::now();
-                let outcome = requester.request(&topic, payload, header_len, timeout).await;
+                let outcome = requester.request_with(&topic, payload, meta, timeout).await;
                 tally.lock().expect("tally lock").record(started, outcome);
             }
         }

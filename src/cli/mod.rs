@@ -110,6 +110,15 @@ fn percentile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
     }
 }
 
+/// The Content Type of an image file sent as it is, by its extension: `.png`, `.jpg`/`.jpeg`.
+fn image_content_type(path: &std::path::Path) -> Option<&'static str> {
+    match path.extension()?.to_string_lossy().to_lowercase().as_str() {
+        "png" => Some("image/png"),
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        _ => None,
+    }
+}
+
 /// A request payload from an OIP JSON file: as it is, or re-encoded in the binary tensor extension
 /// (with its header length).
 fn request_payload(json: Vec<u8>, binary: bool) -> anyhow::Result<(Vec<u8>, Option<usize>)> {

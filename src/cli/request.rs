@@ -45,13 +45,7 @@ pub fn run(args: RequestArgs) -> anyhow::Result<()> {
             bytes
         }
     };
-    let image_type = args.input.as_ref().and_then(|p| p.extension()).and_then(|e| {
-        match e.to_string_lossy().to_lowercase().as_str() {
-            "png" => Some("image/png"),
-            "jpg" | "jpeg" => Some("image/jpeg"),
-            _ => None,
-        }
-    });
+    let image_type = args.input.as_deref().and_then(super::image_content_type);
     let (payload, meta) = match image_type {
         Some(content_type) => {
             let user_properties = args.session.iter().map(|s| ("session".to_string(), s.clone())).collect();
