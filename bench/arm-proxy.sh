@@ -12,6 +12,9 @@
 #   --binary PATH  aarch64 edgeinfer with `bench --iterations` (default: dist/aarch64-unknown-linux-gnu/edgeinfer)
 #   --build        build that binary first: PROFILE=arm-check cross/build.sh aarch64-unknown-linux-gnu
 #                  (30+ minutes cold on 2 cores; keep EDGEINFER_CROSS_TARGET_DIR between runs)
+#   --concrete-batch  give tract each model with its -1 batch dimension replaced by the batch used
+#                  (a model.toml rewritten under the cache, the same model.onnx): what a concrete plan
+#                  costs (issue 11 item 2); onnxruntime gets the same shapes either way
 #   --fresh        count again instead of reusing counts kept from earlier runs (see measure below)
 #   --engines      count only these, of: tract onnxruntime (default both; the table needs both, so
 #                  one alone only fills the kept counts, e.g. onnxruntime while the binary builds)
@@ -55,6 +58,7 @@ models=$root/models
 binary=$root/dist/aarch64-unknown-linux-gnu/edgeinfer
 build=0
 fresh=0
+concrete=0
 engines="tract onnxruntime"
 out=$root/target/arm-proxy/counts.tsv
 while [ $# -gt 0 ]; do
@@ -65,6 +69,7 @@ while [ $# -gt 0 ]; do
     --binary) binary=$2 && shift 2 ;;
     --build) build=1 && shift ;;
     --fresh) fresh=1 && shift ;;
+    --concrete-batch) concrete=1 && shift ;;
     --engines) engines=$2 && shift 2 ;;
     --out) out=$2 && shift 2 ;;
     -h | --help) usage ;;
@@ -138,15 +143,19 @@ mkdir -p "$cache/build" "$(dirname "$out")"
 
 # ---- the plugin, checked on a loop of known length ---------------------------------------------
 plugin=$cache/build/libinsncount.so
-gcc -O2 -Wall -shared -fPIC -o "$plugin" "$here/insncount.c" || die "building the plugin failed"
-aarch64-linux-gnu-gcc -O2 -shared -fPIC -o "$cache/build/fixed-random.so" "$here/fixed-random.c" ||
+# Built aside and moved into place: another run of this script may have a guest using them, and a
+# shared object rewritten in place under a running process kills it with SIGBUS.
+gcc -O2 -Wall -shared -fPIC -o "$plugin.$$" "$here/insncount.c" || die "building the plugin failed"
+mv -f "$plugin.$$" "$plugin"
+aarch64-linux-gnu-gcc -O2 -shared -fPIC -o "$cache/build/fixed-random.so.$$" "$here/fixed-random.c" ||
     die "building the getrandom shim failed"
 for loops in 1000 3000000; do
-    aarch64-linux-gnu-gcc -nostdlib -static -DLOOPS=$loops -o "$cache/build/loop" "$here/loop.S" ||
+    aarch64-linux-gnu-gcc -nostdlib -static -DLOOPS=$loops -o "$cache/build/loop.$$" "$here/loop.S" ||
         die "building the check loop failed"
-    qemu-aarch64 -plugin "$plugin,outfile=$cache/build/loop.count,perthread=on" "$cache/build/loop" ||
+    qemu-aarch64 -plugin "$plugin,outfile=$cache/build/loop.count.$$,perthread=on" "$cache/build/loop.$$" ||
         die "qemu-aarch64 could not run the check loop with the plugin"
-    got=$(awk '{print $2}' "$cache/build/loop.count")
+    got=$(awk '{print $2}' "$cache/build/loop.count.$$")
+    rm -f "$cache/build/loop.$$" "$cache/build/loop.count.$$"
     [ "$got" = $((5 + 2 * loops)) ] || die "plugin check failed: $loops loops counted $got instructions, expected $((5 + 2 * loops))"
 done
 say "plugin check: a loop of 1,000 and one of 3,000,000 iterations counted exactly 5 + 2 x iterations"
@@ -208,7 +217,7 @@ if [ "$(cat "$sysroot/.complete" 2>/dev/null)" != "$stamp" ]; then
     echo "$stamp" >"$sysroot/.complete"
 fi
 mkdir -p "$sysroot/usr/lib/arm-proxy"
-cp "$cache/build/fixed-random.so" "$sysroot/usr/lib/arm-proxy/fixed-random.so"
+mv -f "$cache/build/fixed-random.so.$$" "$sysroot/usr/lib/arm-proxy/fixed-random.so"
 
 # ---- one -L prefix per board: the sysroot plus the board's /proc/cpuinfo --------------------------
 # qemu-user shows the guest the host's x86 /proc/cpuinfo; onnxruntime's cpuinfo crashes on it, and
@@ -260,8 +269,8 @@ count() { # core, then the guest command line
         TRACT_CPU_AARCH64_KIND="$(core_tract "$core")" \
         qemu-aarch64 -cpu "$(core_qemu "$core")" -L "$cache/boards/$core" -seed 1 \
         -E LD_PRELOAD=/usr/lib/arm-proxy/fixed-random.so \
-        -plugin "$plugin,outfile=$result,perthread=on" "$@" >"$cache/build/guest.log" 2>&1 ||
-        die "guest run failed ($*); its output: $(tail -5 "$cache/build/guest.log")"
+        -plugin "$plugin,outfile=$result,perthread=on" "$@" >"$cache/build/guest.$$.log" 2>&1 ||
+        die "guest run failed ($*); its output: $(tail -5 "$cache/build/guest.$$.log")"
     [ -s "$result" ] || die "the plugin wrote no count for: $*"
     # "insns TOTAL vcpus M threads T0 T1 ...": the total, and what threads other than the first did.
     awk '{ other = 0; for (i = 7; i <= NF; i++) other += $i; print $2, other }' "$result"
@@ -277,12 +286,14 @@ measure() { # identity of the engine build, runs, core, then the guest command l
         echo "$identity $runs $core $* v1"
         cat "$here/insncount.c" "$here/fixed-random.c" "$cache/boards/$core/proc/cpuinfo"
     } | sha256sum | cut -c1-32)
-    if [ "$fresh" = 0 ] && [ -s "$cache/counts/$key" ]; then
+    if [ "$fresh" = 0 ] && grep -qx '[0-9][0-9]* [0-9][0-9]*' "$cache/counts/$key" 2>/dev/null; then
         cat "$cache/counts/$key"
         return
     fi
     for ((r = 0; r < runs; r++)); do
-        read -r c o <<<"$(count "$core" "$@")"
+        c=$(count "$core" "$@") || exit 1 # count has said why
+        read -r c o <<<"$c"
+        case "$c$o" in '' | *[!0-9]*) die "no count from: $*" ;; esac
         if [ -z "$best" ] || [ "$c" -lt "$best" ]; then best=$c best_other=$o; fi
     done
     mkdir -p "$cache/counts"
@@ -290,23 +301,38 @@ measure() { # identity of the engine build, runs, core, then the guest command l
 }
 
 ort_id="onnxruntime $stamp $(sha256sum "$here/ort_run.py" | cut -c1-64)"
-printf 'model\tcore\tbatch\tN\ttract_count1\ttract_countN\tort_count1\tort_countN\ttract_per_inf\tort_per_inf\tratio\n' >"$out"
+printf 'model\tcore\tbatch\tN\ttract_count1\ttract_countN\tort_count1\tort_countN\ttract_per_inf\tort_per_inf\tratio\tconcrete_batch\n' >"$out"
 rows=()
 for model in $only; do
     batch=$(model_batch "$model")
     n=$(model_n "$model")
     for core in $cores; do
         say "$model on $core: batch $batch, count(1) and count($n) for each engine"
-        tract=("$binary" bench "$model" --models "$models" --batch "$batch" --iterations)
+        tract_models=$models
+        if [ "$concrete" = 1 ] && grep -q '^ *shape *= *\[-1,' "$models/$model/model.toml"; then
+            # The model's own files, and a model.toml whose -1 dimensions are the batch.
+            tract_models=$cache/concrete/batch$batch
+            rm -rf "${tract_models:?}/$model"
+            mkdir -p "$tract_models/$model"
+            for f in "$models/$model"/*; do ln -s "$f" "$tract_models/$model/"; done
+            rm "$tract_models/$model/model.toml"
+            sed "/^ *shape *=/ s/\[-1,/[$batch,/" "$models/$model/model.toml" >"$tract_models/$model/model.toml"
+        fi
+        tract=("$binary" bench "$model" --models "$tract_models" --batch "$batch" --iterations)
         ort=("$sysroot/usr/bin/python3.11" "$here/ort_run.py" "$models/$model" "$batch")
         files=$(cat "$models/$model/model.onnx" "$models/$model/model.toml" | sha256sum | cut -c1-64)
+        tract_files=$(cat "$tract_models/$model/model.onnx" "$tract_models/$model/model.toml" | sha256sum | cut -c1-64)
         if want tract; then
-            read -r t1 _ <<<"$(measure "$tract_id $files" "$tract_repeat" "$core" "${tract[@]}" 1)"
-            read -r tn tother <<<"$(measure "$tract_id $files" 1 "$core" "${tract[@]}" "$n")"
+            t1=$(measure "$tract_id $tract_files" "$tract_repeat" "$core" "${tract[@]}" 1) || exit 1
+            read -r t1 _ <<<"$t1"
+            tn=$(measure "$tract_id $tract_files" 1 "$core" "${tract[@]}" "$n") || exit 1
+            read -r tn tother <<<"$tn"
         fi
         if want onnxruntime; then
-            read -r o1 _ <<<"$(measure "$ort_id $files" "$repeat" "$core" "${ort[@]}" 1)"
-            read -r on oother <<<"$(measure "$ort_id $files" 1 "$core" "${ort[@]}" "$n")"
+            o1=$(measure "$ort_id $files" "$repeat" "$core" "${ort[@]}" 1) || exit 1
+            read -r o1 _ <<<"$o1"
+            on=$(measure "$ort_id $files" 1 "$core" "${ort[@]}" "$n") || exit 1
+            read -r on oother <<<"$on"
         fi
         if ! want tract || ! want onnxruntime; then
             say "$model on $core: $engines counted and kept; run with both engines for the table"
@@ -318,9 +344,11 @@ for model in $only; do
                 say "warning: $engine ran over 1% of the difference on threads other than the first ($other)"
             fi
         done
-        row=$(awk -v m="$model" -v c="$core" -v b="$batch" -v n="$n" -v t1="$t1" -v tn="$tn" -v o1="$o1" -v on="$on" 'BEGIN {
+        rewritten=no
+        [ "$tract_models" = "$models" ] || rewritten=yes
+        row=$(awk -v m="$model" -v c="$core" -v b="$batch" -v n="$n" -v t1="$t1" -v tn="$tn" -v o1="$o1" -v on="$on" -v r="$rewritten" 'BEGIN {
             t = (tn - t1) / (n - 1); o = (on - o1) / (n - 1)
-            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.3f", m, c, b, n, t1, tn, o1, on, t, o, t / o }')
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.3f\t%s", m, c, b, n, t1, tn, o1, on, t, o, t / o, r }')
         echo "$row" >>"$out"
         rows+=("$row")
         say "$(echo "$row" | awk -F'\t' '{ printf "%s %s: tract %.4g, onnxruntime %.4g instructions/inference, ratio %s", $1, $2, $9, $10, $11 }')"
@@ -332,9 +360,10 @@ echo
 echo "| model | core | tract instructions/inference | onnxruntime instructions/inference | tract / onnxruntime |"
 echo "|---|---|--:|--:|--:|"
 for row in "${rows[@]}"; do
-    echo "$row" | awk -F'\t' '{
-        label = $1; if ($3 != 1) label = label " (batch " $3 ")"
-        printf "| %s | %s | %.4g | %.4g | %.2f |\n", label, toupper(substr($2, 1, 1)) substr($2, 2), $9, $10, $11 }'
+    echo "$row" | awk -F'\t' -v concrete="$concrete" '{
+        label = $1; if ($3 != 1) label = label " (batch " $3 ")"; if (concrete && $12 == "yes") label = label ", concrete batch"
+        printf "| %s | %s | %s | %s | %.2f |\n", label, toupper(substr($2, 1, 1)) substr($2, 2), commas($9), commas($10), $11 }
+        function commas(x, s) { s = sprintf("%.0f", x); while (s ~ /[0-9]{4}/) sub(/[0-9]{3}($|,)/, ",&", s); return s }'
 done
 echo
 echo "raw counts: $out"
