@@ -309,7 +309,9 @@ for model in $only; do
     for core in $cores; do
         say "$model on $core: batch $batch, count(1) and count($n) for each engine"
         tract_models=$models
-        if [ "$concrete" = 1 ] && grep -q '^ *shape *= *\[-1,' "$models/$model/model.toml"; then
+        # Not for audio models: the daemon takes their rows as [-1, context + frame] or [1, ...] only.
+        if [ "$concrete" = 1 ] && grep -q '^ *shape *= *\[-1,' "$models/$model/model.toml" &&
+            ! grep -q '^ *kind *= *"audio"' "$models/$model/model.toml"; then
             # The model's own files, and a model.toml whose -1 dimensions are the batch.
             tract_models=$cache/concrete/batch$batch
             rm -rf "${tract_models:?}/$model"
