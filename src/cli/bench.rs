@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use edgeinfer::model::{ModelCache, ModelRepository};
 use serde::Serialize;
-use tract_core::prelude::{IntoTValue, Tensor};
+use tract_core::prelude::{Datum, IntoTValue, TValue, Tensor};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    /// Run exactly N inferences on one thread, on pseudo-random inputs in [-1, 1), and nothing
+    /// else (no throughput phase, `--seconds` ignored): a fixed amount of work, for counting
+    /// instructions under an emulator (bench/arm-proxy.sh)
+    #[arg(long, value_name = "N", conflicts_with = "image")]
+    iterations: Option<usize>,
     /// Load through the model cache in this directory (what `models.cache_dir` does for the
     /// daemon): the first run writes it, later runs show the cached load time [default: no cache]
     #[arg(long, value_name = "DIR")]
@@ -100,6 +105,28 @@ fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut inputs = model.zero_inputs(args.batch)?;
     let phase = Duration::from_secs_f64(args.seconds);
+    if let Some(n) = args.iterations {
+        fill_pseudo_random(&mut inputs)?;
+        let mut samples = Vec::with_capacity(n);
+        let begin = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            model.run(inputs.clone())?;
+            samples.push(t.elapsed());
+        }
+        let l = latency(&mut samples, begin.elapsed());
+        let throughput_per_s = l.per_s * args.batch as f64;
+        return Ok(BenchResult {
+            model: args.model.clone(),
+            batch: args.batch,
+            load_ms,
+            preprocess: None,
+            single_thread: Latency { per_s: throughput_per_s, ..l },
+            threads: 1,
+            throughput_per_s,
+            peak_rss_mb: peak_rss_mb(),
+        });
+    }
 
     let mut preprocess = None;
     if let Some(path) = &args.image {
@@ -160,6 +187,27 @@ fn measure(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         throughput_per_s,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+/// Replaces each f32 input by the same fixed pseudo-random values in [-1, 1) (xorshift64): zeros
+/// could take shortcuts that real inputs do not. Inputs of other types stay zero.
+fn fill_pseudo_random(inputs: &mut [TValue]) -> anyhow::Result<()> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for input in inputs.iter_mut() {
+        if input.datum_type() != f32::datum_type() {
+            continue;
+        }
+        let values: Vec<f32> = (0..input.len())
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        *input = Tensor::from_shape(input.shape(), &values)?.into_tvalue();
+    }
+    Ok(())
 }
 
 fn latency(samples: &mut [Duration], elapsed: Duration) -> Latency {
