@@ -15,6 +15,11 @@ What a user would write in an afternoon instead of running the daemon:
   * a request that cannot be served is answered `{"id","error","code":"bad_request"}`
     (`unknown_model` for a model that is not loaded).
 
+An image payload (MQTT Content Type image/jpeg or image/png) goes to a model whose model.toml has an
+image `[preprocess]`, the way a user would do it: Pillow decodes and resizes it to the input's height
+and width (bilinear), numpy scales, subtracts the mean and divides by the std, NCHW float32.
+`--threads 0` leaves onnxruntime its default (one thread per core for a lone inference).
+
 Inference runs in paho's network thread, inside on_message, and the reply is published from there:
 one request at a time, the straightforward way. The binary tensor extension is not implemented
 (such requests get a bad_request reply).
@@ -28,13 +33,16 @@ Prints "ready" on stdout once the subscription is acknowledged.
 """
 
 import argparse
+import io
 import json
 import os
 import signal
 import socket
 import sys
+import tomllib
 
 import numpy as np
+from PIL import Image
 import onnxruntime as ort
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -63,11 +71,37 @@ class BadRequest(Exception):
 class Model:
     def __init__(self, name, path, threads):
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        if threads > 0:
+            options.intra_op_num_threads = threads
         self.name = name
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.image = None
+        toml = os.path.join(os.path.dirname(path), "model.toml")
+        if os.path.isfile(toml):
+            with open(toml, "rb") as f:
+                pre = tomllib.load(f).get("preprocess") or {}
+            if pre.get("kind") == "image":
+                self.image = pre
+
+    def infer_image(self, payload):
+        pre = self.image
+        if pre is None:
+            raise BadRequest(f"model {self.name!r} takes no images")
+        name = pre["input"]
+        _, _, height, width = self.inputs[name].shape
+        try:
+            image = Image.open(io.BytesIO(payload)).convert("RGB").resize((width, height), Image.BILINEAR)
+        except Exception as e:
+            raise BadRequest(f"not a readable image: {e}")
+        x = np.asarray(image, dtype=np.float32) * pre.get("scale", 1 / 255)
+        x = (x - np.asarray(pre.get("mean", [0, 0, 0]), np.float32)) / np.asarray(pre.get("std", [1, 1, 1]), np.float32)
+        results = self.session.run(self.outputs, {name: x.transpose(2, 0, 1)[None].astype(np.float32)})
+        return [
+            {"name": n, "datatype": NUMPY_TO_OIP[r.dtype], "shape": list(r.shape), "data": r.ravel().tolist()}
+            for n, r in zip(self.outputs, results)
+        ]
 
     def infer(self, request):
         feeds = {}
@@ -128,7 +162,7 @@ def main():
     parser.add_argument("--broker-port", type=int, default=1883)
     parser.add_argument("--device", default=socket.gethostname())
     parser.add_argument("--models", default="models")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra_op_num_threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra_op_num_threads (default 1; 0: onnxruntime's default, every core)")
     args = parser.parse_args()
 
     models = load_models(args.models, args.threads)
@@ -154,19 +188,23 @@ def main():
         try:
             if any(k == "inference-header-content-length" for k, _ in getattr(props, "UserProperty", [])):
                 raise BadRequest("the binary tensor extension is not supported")
-            try:
-                request = json.loads(msg.payload)
-            except ValueError as e:
-                raise BadRequest(f"malformed request JSON: {e}")
-            if not isinstance(request, dict):
-                raise BadRequest("the request must be a JSON object")
+            image = getattr(props, "ContentType", "") in ("image/jpeg", "image/png")
+            request = {}
+            if not image:
+                try:
+                    request = json.loads(msg.payload)
+                except ValueError as e:
+                    raise BadRequest(f"malformed request JSON: {e}")
+                if not isinstance(request, dict):
+                    raise BadRequest("the request must be a JSON object")
             parameters = request.get("parameters") or {}
             request_id = request.get("id", parameters.get("id"))
             reply_topic = reply_topic or parameters.get("reply_to")
             model = models.get(model_name)
             if model is None:
                 raise BadRequest(f"no model {model_name!r} on this device", "unknown_model")
-            reply = {"model_name": model_name, "id": request_id, "outputs": model.infer(request)}
+            outputs = model.infer_image(msg.payload) if image else model.infer(request)
+            reply = {"model_name": model_name, "id": request_id, "outputs": outputs}
         except BadRequest as e:
             reply = {"id": request_id, "model_name": model_name, "error": str(e), "code": e.code}
         except Exception as e:  # onnxruntime refused the input: still the client's request
