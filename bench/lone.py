@@ -77,7 +77,9 @@ def main():
     rows = []
     try:
         for model in args.models:
-            request = request_file(model, workdir)
+            example = os.path.join(ROOT, "models", model, "example-request.json")
+            fixture = os.path.join(ROOT, "tests", "fixtures", f"{model}_random_input.npy")
+            request = request_file(model, workdir) if os.path.exists(fixture) else example
             for round_ in range(args.rounds):
                 for lone, label in ((1, "1 (off)"), (0, "0 (all cores)")):
                     server = serve(args, workdir, model, lone, f"{model}-{round_}-{lone}")
