@@ -60,6 +60,18 @@ def wait_port(port, timeout=10.0):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def private_broker(mosquitto, workdir):
+    """A Mosquitto of the bench's own on a free loopback port (nodelay, no persistence): the process
+    and its URL."""
+    port = free_port()
+    conf = os.path.join(workdir, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n")
+    broker = subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return broker, f"mqtt://127.0.0.1:{port}"
+
+
 def default_edgeinfer():
     for path in ("/tmp/edgeinfer-release/release/edgeinfer", os.path.join(ROOT, "target/release/edgeinfer")):
         if os.access(path, os.X_OK):

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, Server, default_edgeinfer, free_port, log, wait_port  # noqa: E402
+from compare import ROOT, Server, default_edgeinfer, log, private_broker  # noqa: E402
 from pipeline import request_file  # noqa: E402
 
 
@@ -67,13 +67,7 @@ def main():
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="edgeinfer-lone-")
     log(f"working in {workdir}")
-    port = free_port()
-    with open(os.path.join(workdir, "mosquitto.conf"), "w") as f:
-        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n")
-    broker = subprocess.Popen([args.mosquitto, "-c", os.path.join(workdir, "mosquitto.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    args.broker = f"mqtt://127.0.0.1:{port}"
+    broker, args.broker = private_broker(args.mosquitto, workdir)
     rows = []
     try:
         for model in args.models:
@@ -92,8 +86,8 @@ def main():
     finally:
         broker.terminate()
         broker.wait()
-    print(f"| model | lone_request_threads | round | 1 in flight p50 / p99 ms | 1 in flight /s "
-          f"| 8 in flight /s | 8 in flight p50 ms | peak RSS MiB |")
+    print("| model | lone_request_threads | round | 1 in flight p50 / p99 ms | 1 in flight /s "
+          "| 8 in flight /s | 8 in flight p50 ms | peak RSS MiB |")
     print("|---|---|--:|--:|--:|--:|--:|--:|")
     for model, label, round_, one, eight, rss in rows:
         print(f"| {model} | {label} | {round_} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} "

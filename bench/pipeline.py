@@ -32,7 +32,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, Server, default_edgeinfer, free_port, log, wait_port  # noqa: E402
+from compare import ROOT, Server, default_edgeinfer, log, private_broker  # noqa: E402
 
 
 def vm_rss_mb(pid):
@@ -107,13 +107,7 @@ def main():
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="edgeinfer-pipeline-")
     log(f"working in {workdir}")
-    port = free_port()
-    with open(os.path.join(workdir, "mosquitto.conf"), "w") as f:
-        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n")
-    broker = subprocess.Popen([args.mosquitto, "-c", os.path.join(workdir, "mosquitto.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    args.broker = f"mqtt://127.0.0.1:{port}"
+    broker, args.broker = private_broker(args.mosquitto, workdir)
     bench = Bench(args, workdir)
     out = []
     try:
@@ -182,7 +176,8 @@ def main():
         finally:
             server.stop()
         # The final counts, published (retained) at shutdown.
-        stats = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", "edgeinfer/bench/stats", "-C", "1", "-W", "5"],
+        port = args.broker.rsplit(":", 1)[1]
+        stats = subprocess.run(["mosquitto_sub", "-p", port, "-t", "edgeinfer/bench/stats", "-C", "1", "-W", "5"],
                                capture_output=True, text=True).stdout.strip()
         replies = sum(v for k, v in r["outcomes"].items() if k not in ("timeout", "closed"))
         out.append(f"## Overload: {heavy} at 10x its sustainable rate for {args.overload_seconds:.0f} s\n")
