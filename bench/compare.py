@@ -107,6 +107,14 @@ class Server:
                     self.ready_at = time.time() * 1000.0
                 out.write(line)
 
+    def wait_ready(self, seconds):
+        """Waits until the server has printed its ready line; raises if it exits or takes longer."""
+        deadline = time.time() + seconds
+        while self.ready_at is None:
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the server did not come up; see {self.logfile}")
+            time.sleep(0.05)
+
     def stop(self):
         """Peak RSS in MB, read just before SIGTERM."""
         if self.proc.poll() is not None:

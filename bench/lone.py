@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import ROOT, Server, default_edgeinfer, log, private_broker  # noqa: E402
@@ -36,11 +35,7 @@ def serve(args, workdir, model, lone, tag):
                 f"[requests]\nlone_request_threads = {lone}\n")
     argv = [args.edgeinfer, "serve", "--config", config]
     server = Server(argv, r"connected to broker", os.path.join(workdir, f"{tag}.log"))
-    deadline = time.time() + 60
-    while server.ready_at is None:
-        if time.time() > deadline or server.proc.poll() is not None:
-            raise RuntimeError(f"the daemon did not come up; see {server.logfile}")
-        time.sleep(0.05)
+    server.wait_ready(60)
     return server
 
 

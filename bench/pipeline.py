@@ -74,11 +74,7 @@ class Bench:
                 f.write("\n[serving]\n" + serving + "\n")
         argv = [self.args.edgeinfer, "serve", "--broker", self.args.broker, "--device", "bench", "--models", repo]
         server = Server(argv, r"connected to broker", os.path.join(self.workdir, f"serve-{len(self.raw)}.log"))
-        deadline = time.time() + 60
-        while server.ready_at is None:
-            if time.time() > deadline or server.proc.poll() is not None:
-                raise RuntimeError(f"the daemon did not come up; see {server.logfile}")
-            time.sleep(0.05)
+        server.wait_ready(60)
         return server
 
     def loadgen(self, model, request, label, *extra):
