@@ -426,24 +426,22 @@ async fn loadgen_sends_an_image_file_as_it_is_and_every_answer_is_a_result() {
     let models = pack(&["ppocr_rec"]);
     let daemon = Daemon::start(&broker, models.path(), "");
     let line = fixtures().join("ocr/00.jpg");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-        .args(["loadgen", "ppocr_rec", "--broker", &broker.url(), "--device", &daemon.device, "--json"])
-        .args(["--concurrency", "2", "--seconds", "1", "-i"])
-        .arg(&line)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let loadgen = |extra: &[&str]| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+            .args(["loadgen", "ppocr_rec", "--broker", &broker.url(), "--device", &daemon.device, "--json"])
+            .args(extra)
+            .arg("-i")
+            .arg(&line)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let result = loadgen(&["--concurrency", "2", "--seconds", "1"]);
     let outcomes = result["outcomes"].as_object().unwrap();
     assert_eq!(outcomes.keys().collect::<Vec<_>>(), ["ok"], "a JPEG is a request, not JSON: {result}");
     assert!(result["answered"].as_u64().unwrap() > 0, "{result}");
     // The same file with a Content Type the daemon refuses: every answer names it.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-        .args(["loadgen", "ppocr_rec", "--broker", &broker.url(), "--device", &daemon.device, "--json"])
-        .args(["--seconds", "0.3", "--content-type", "image/gif", "-i"])
-        .arg(&line)
-        .output()
-        .unwrap();
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = loadgen(&["--seconds", "0.3", "--content-type", "image/gif"]);
     assert_eq!(result["outcomes"].as_object().unwrap().keys().collect::<Vec<_>>(), ["bad_request"], "{result}");
 }
