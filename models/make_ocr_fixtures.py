@@ -6,7 +6,7 @@ models/requirements.txt and must stay as they are):
 
     python3 -m venv /tmp/fixtures-venv
     /tmp/fixtures-venv/bin/pip install -r models/requirements-fixtures.txt
-    /tmp/fixtures-venv/bin/pip install "$EDGEINFER_MODEL_CACHE/wheels/scrfd-0.3.0.tar.gz"  # only for SCRFD
+    /tmp/fixtures-venv/bin/pip install --no-deps ~/.cache/edgeinfer-models/wheels/scrfd-0.3.0.tar.gz  # SCRFD only
     /tmp/fixtures-venv/bin/python models/make_ocr_fixtures.py
 
 Renders the scenes (seeded, deterministic) with Pillow and a DejaVu font (the machine's
