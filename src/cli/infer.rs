@@ -72,6 +72,7 @@ fn media_request(media: Media) -> InferRequest {
         timeout: None,
         session: None,
         media: Some(media),
+        thresholds: Default::default(),
     }
 }
 
@@ -139,5 +140,6 @@ fn npy_request(model: &Model, path: &Path) -> anyhow::Result<InferRequest> {
         timeout: None,
         session: None,
         media: None,
+        thresholds: Default::default(),
     })
 }

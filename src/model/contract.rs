@@ -69,8 +69,14 @@ pub(super) fn resolve_postprocess(
         return Ok(None);
     };
     let invalid = |message: String| LoadError::Processing { model: model.into(), key: "postprocess.output", message };
-    let source = position_of(outputs, decl.output(), "output").map_err(invalid)?;
-    let post = Postprocess::new(decl.clone(), source, names);
+    let sources = decl
+        .outputs()
+        .iter()
+        .map(|name| position_of(outputs, name, "output"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let source = sources[0];
+    let mut post = Postprocess::new(decl.clone(), sources.clone(), names);
     let shape = &outputs[source].shape;
     let classes = match decl {
         manifest::PostprocessDecl::Classify(_) => {
@@ -78,7 +84,65 @@ pub(super) fn resolve_postprocess(
         }
         manifest::PostprocessDecl::Ctc(_) if shape.len() == 3 => shape.last().copied().filter(|&d| d > 0),
         manifest::PostprocessDecl::Ctc(_) => {
-            return Err(invalid(format!("a CTC output is [batch, steps, classes], \"{}\" is {shape:?}", decl.output())))
+            return Err(invalid(format!(
+                "a CTC output is [batch, steps, classes], \"{}\" is {shape:?}",
+                decl.outputs()[0]
+            )))
+        }
+        manifest::PostprocessDecl::Db(_) if shape.len() == 4 && matches!(shape[..2], [1 | -1, 1]) => None,
+        manifest::PostprocessDecl::Db(_) => {
+            return Err(invalid(format!(
+                "a DB probability map is [1, 1, H, W], \"{}\" is {shape:?}",
+                decl.outputs()[0]
+            )))
+        }
+        manifest::PostprocessDecl::Scrfd(d) => {
+            let last = |i: usize| outputs[sources[i]].shape.last().copied();
+            let n = d.strides.len();
+            let wrong = (0..n).find(|&i| last(i) != Some(1) || last(n + i) != Some(4));
+            if let Some(i) = wrong {
+                return Err(invalid(format!(
+                    "SCRFD scores end in 1 and boxes in 4; \"{}\" is {:?}, \"{}\" is {:?}",
+                    d.scores[i],
+                    outputs[sources[i]].shape,
+                    d.boxes[i],
+                    outputs[sources[n + i]].shape
+                )));
+            }
+            if !d.keypoints.is_empty() {
+                let values = last(2 * n).filter(|&v| v > 0 && v % 2 == 0).ok_or_else(|| {
+                    invalid(format!(
+                        "SCRFD keypoints end in 2k (x, y per point); \"{}\" is {:?}",
+                        d.keypoints[0],
+                        outputs[sources[2 * n]].shape
+                    ))
+                })?;
+                post.keypoints = values as usize / 2;
+            }
+            None
+        }
+        manifest::PostprocessDecl::Yolo(d) => {
+            let fields = match d.version {
+                manifest::YoloVersion::V8 => shape.get(1),
+                manifest::YoloVersion::V5 => shape.get(2),
+            };
+            let least = if d.version == manifest::YoloVersion::V8 { 5 } else { 6 };
+            if shape.len() != 3 || fields.is_none_or(|&f| f >= 0 && f < least) {
+                return Err(invalid(format!(
+                    "a YOLO {:?} head is [1, 4 + classes, candidates] (v8) or [1, candidates, 5 + classes] (v5), \"{}\" is {shape:?}",
+                    d.version, d.output
+                )));
+            }
+            let classes = fields.copied().filter(|&f| f > 0).map(|f| f - least + 1);
+            if let (Some(classes), Some(names)) = (classes, post.names_len()) {
+                if names != classes as usize {
+                    return Err(invalid(format!(
+                        "\"{}\" has {classes} classes, the labels file gives {names}; they must line up",
+                        d.output
+                    )));
+                }
+            }
+            None
         }
     };
     if let (Some(expected), Some(classes)) = (post.expected_classes(), classes) {
@@ -86,7 +150,7 @@ pub(super) fn resolve_postprocess(
             let file = if matches!(decl, manifest::PostprocessDecl::Ctc(_)) { "dictionary" } else { "labels file" };
             return Err(invalid(format!(
                 "\"{}\" has {classes} classes, the {file} gives {expected}; they must line up",
-                decl.output()
+                decl.outputs()[0]
             )));
         }
     }

@@ -65,6 +65,10 @@ pub enum InputError {
     StateInput { name: String },
     #[error("{0}")]
     Session(String),
+    #[error("model \"{model}\" reads an image: send a PNG or JPEG file (Content Type image/png, image/jpeg)")]
+    ImageRequired { model: String },
+    #[error("parameters.{key} must be {range}, the request sent {sent}")]
+    Threshold { key: &'static str, range: String, sent: String },
     #[error(transparent)]
     Image(#[from] image::ImageError),
     #[error(transparent)]

@@ -12,7 +12,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use tract_core::prelude::Tensor;
 
-use super::manifest::{ColorOrder, ImageDecl, Layout, ResizeMode};
+use super::manifest::{ColorOrder, ImageDecl, Layout, LimitType, ResizeMode};
 
 /// Largest image side accepted, whatever the pixel count.
 const MAX_SIDE: u32 = 8192;
@@ -111,13 +111,35 @@ impl DecodeBudget {
 #[derive(Debug, Clone)]
 pub struct ImageTarget {
     pub decl: ImageDecl,
-    pub height: usize,
-    pub width: usize,
+    /// `None`: any height or width (`resize = "limit_side"`): the frame decides.
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+}
+
+/// Where a frame's pixels went in the model's input: what a detector needs to give its boxes back
+/// in the pixels of the image as sent. Every resize mode puts the image at the top left, so one
+/// scale per axis undoes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageGeometry {
+    /// The image as sent.
+    pub width: u32,
+    pub height: u32,
+    /// Input pixels per image pixel, across and down.
+    pub scale_x: f32,
+    pub scale_y: f32,
+}
+
+impl ImageGeometry {
+    /// An input-pixel point in the image's own pixels, clipped to the image.
+    pub fn to_image(&self, [x, y]: [f32; 2]) -> [f32; 2] {
+        [(x / self.scale_x).clamp(0.0, self.width as f32), (y / self.scale_y).clamp(0.0, self.height as f32)]
+    }
 }
 
 impl ImageTarget {
     /// `shape` is the model input's declared shape: [N, 3, H, W] (NCHW) or [N, H, W, 3] (NHWC),
-    /// N being 1 or the batch dimension. `None` when it is not such a shape.
+    /// N being 1 or the batch dimension; H and W are -1 exactly when the resize mode is
+    /// `limit_side`. `None` when it is not such a shape.
     pub fn new(decl: &ImageDecl, shape: &[i64]) -> Option<ImageTarget> {
         let [n, a, b, c] = shape else {
             return None;
@@ -126,32 +148,49 @@ impl ImageTarget {
             Layout::Nchw => (*a, *b, *c),
             Layout::Nhwc => (*c, *a, *b),
         };
-        if !(*n == 1 || *n == -1) || channels != 3 || height < 1 || width < 1 {
+        let any_size = decl.resize == ResizeMode::LimitSide;
+        let side = |d: i64| match (d, any_size) {
+            (-1, true) => Some(None),
+            (d, false) if d >= 1 => Some(Some(d as usize)),
+            _ => None,
+        };
+        if !(*n == 1 || *n == -1) || channels != 3 {
             return None;
         }
-        Some(ImageTarget { decl: decl.clone(), height: height as usize, width: width as usize })
+        Some(ImageTarget { decl: decl.clone(), height: side(height)?, width: side(width)? })
     }
 
     /// Decodes, resizes and scales one image into a [1, ...] tensor of the model's input shape.
-    pub fn tensor(&self, bytes: &[u8]) -> Result<Tensor, ImageError> {
+    pub fn tensor(&self, bytes: &[u8]) -> Result<(Tensor, ImageGeometry), ImageError> {
         // The decoded frame counts against the decode budget until it is resized away.
         let (rgb, reservation) = decode(bytes)?;
+        let prepared = self.tensor_of(&rgb);
+        drop((rgb, reservation));
+        Ok(prepared)
+    }
+
+    /// [`tensor`](ImageTarget::tensor) for an image already decoded (a crop of a frame).
+    pub fn tensor_of(&self, rgb: &image::RgbImage) -> (Tensor, ImageGeometry) {
         let (w, h) = (rgb.width(), rgb.height());
         let (new_w, new_h) = self.resized_size(w as usize, h as usize);
-        let resized = if (new_w, new_h) == (w as usize, h as usize) {
-            rgb.into_raw()
+        let resized;
+        let pixels = if (new_w, new_h) == (w as usize, h as usize) {
+            rgb.as_raw().as_slice()
         } else {
-            resize(rgb.as_raw(), w, h, new_w as u32, new_h as u32)
+            resized = resize(rgb.as_raw(), w, h, new_w as u32, new_h as u32);
+            &resized
         };
-        let tensor = self.fill(&resized, new_w, new_h);
-        drop((resized, reservation));
-        Ok(tensor)
+        let (th, tw) = (self.height.unwrap_or(new_h), self.width.unwrap_or(new_w));
+        let geometry =
+            ImageGeometry { width: w, height: h, scale_x: new_w as f32 / w as f32, scale_y: new_h as f32 / h as f32 };
+        (self.fill(pixels, new_w, new_h, th, tw), geometry)
     }
 
     /// The size the image is resized to before padding.
     fn resized_size(&self, w: usize, h: usize) -> (usize, usize) {
-        let (tw, th) = (self.width, self.height);
-        match self.decl.resize {
+        let d = &self.decl;
+        let (tw, th) = (self.width.unwrap_or(w), self.height.unwrap_or(h));
+        match d.resize {
             ResizeMode::Stretch => (tw, th),
             ResizeMode::FitHeight => {
                 let scaled = (th as f64 * w as f64 / h as f64).ceil() as usize;
@@ -162,13 +201,27 @@ impl ImageTarget {
                 let fit = |v: usize, max: usize| ((v as f64 * scale).round() as usize).clamp(1, max);
                 (fit(w, tw), fit(h, th))
             }
+            ResizeMode::LimitSide => {
+                let limit = f64::from(d.limit_side_len);
+                let ratio = match d.limit_type {
+                    LimitType::Min if (w.min(h) as f64) < limit => limit / w.min(h) as f64,
+                    LimitType::Max if (w.max(h) as f64) > limit => limit / w.max(h) as f64,
+                    _ => 1.0,
+                };
+                // PaddleOCR's DetResizeForTest: truncate, then round to the multiple (at least one).
+                let multiple = f64::from(d.size_multiple);
+                let side = |v: usize| {
+                    let scaled = (v as f64 * ratio).trunc();
+                    (((scaled / multiple).round() * multiple) as usize).max(d.size_multiple as usize)
+                };
+                (side(w), side(h))
+            }
         }
     }
 
-    /// Scales RGB pixels into a padded tensor of the model's layout and channel order.
-    fn fill(&self, rgb: &[u8], w: usize, h: usize) -> Tensor {
+    /// Scales RGB pixels into a padded tensor of the model's layout and channel order, `th` x `tw`.
+    fn fill(&self, rgb: &[u8], w: usize, h: usize, th: usize, tw: usize) -> Tensor {
         let d = &self.decl;
-        let (th, tw) = (self.height, self.width);
         let order = match d.color {
             ColorOrder::Rgb => [0, 1, 2],
             ColorOrder::Bgr => [2, 1, 0],
@@ -177,8 +230,8 @@ impl ImageTarget {
         let gain: [f32; 3] = std::array::from_fn(|c| d.scale / d.std[c]);
         let offset: [f32; 3] = std::array::from_fn(|c| -d.mean[c] / d.std[c]);
         let mut data = vec![d.pad_value; 3 * th * tw];
-        for y in 0..h {
-            for x in 0..w {
+        for y in 0..h.min(th) {
+            for x in 0..w.min(tw) {
                 let px = &rgb[(y * w + x) * 3..][..3];
                 for (slot, &c) in order.iter().enumerate() {
                     let value = px[c] as f32 * gain[c] + offset[c];
@@ -195,6 +248,26 @@ impl ImageTarget {
             Layout::Nhwc => [1, th, tw, 3],
         };
         Tensor::from_shape(&shape, &data).expect("data has the shape's length")
+    }
+}
+
+/// A decoded frame, holding its share of the decode budget while it lives: what a pipeline crops
+/// its regions from after the detector has run.
+pub struct Frame {
+    pub rgb: image::RgbImage,
+    _reservation: Reservation<'static>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({}x{})", self.rgb.width(), self.rgb.height())
+    }
+}
+
+impl Frame {
+    pub fn decode(bytes: &[u8]) -> Result<Frame, ImageError> {
+        let (rgb, reservation) = decode(bytes)?;
+        Ok(Frame { rgb, _reservation: reservation })
     }
 }
 
@@ -225,8 +298,11 @@ fn decode_within<'b>(
     reader.limits(limits);
     let decoder = reader.into_decoder().map_err(|e| match e {
         image::ImageError::Limits(_) => {
-            let (width, height) =
-                ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().unwrap_or((u32::MAX, u32::MAX));
+            let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+                .into_dimensions()
+                .ok()
+                .or_else(|| png_size(bytes))
+                .unwrap_or((u32::MAX, u32::MAX));
             ImageError::TooLarge { width, height }
         }
         other => decode_error(other),
@@ -237,6 +313,14 @@ fn decode_within<'b>(
     let reservation = budget.reserve((width, height), decoder.total_bytes().saturating_add(rgb_copy), wait)?;
     let decoded = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     Ok((decoded.into_rgb8(), reservation))
+}
+
+/// The size a PNG's header declares (its first chunk, IHDR, at a fixed place), for the message
+/// about a file refused before its pixels are read (the decoder wants more than the header to
+/// tell its size).
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let field = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    (bytes.get(12..16) == Some(b"IHDR")).then(|| field(16).zip(field(20))).flatten()
 }
 
 /// Bilinear (triangle-filter convolution, as Pillow's BILINEAR) resize of packed RGB pixels.
@@ -262,6 +346,9 @@ mod tests {
             mean: [0.5; 3],
             std: [0.5; 3],
             pad_value: -7.0,
+            limit_type: LimitType::Min,
+            limit_side_len: 736,
+            size_multiple: 32,
         }
     }
 
@@ -277,7 +364,8 @@ mod tests {
         let target =
             ImageTarget::new(&decl(ResizeMode::FitHeight, ColorOrder::Bgr, Layout::Nchw), &[1, 3, 4, 16]).unwrap();
         // 2 wide, 1 high -> 8 wide at height 4: columns 8.. are padding.
-        let t = target.tensor(&png(2, 1, [255, 0, 51])).unwrap();
+        let (t, geometry) = target.tensor(&png(2, 1, [255, 0, 51])).unwrap();
+        assert_eq!((geometry.scale_x, geometry.scale_y), (4.0, 4.0));
         assert_eq!(t.shape(), &[1, 3, 4, 16]);
         let v = crate::tensors::elements::<f32>(&t).unwrap();
         let at = |c: usize, y: usize, x: usize| v[(c * 4 + y) * 16 + x];
@@ -291,7 +379,7 @@ mod tests {
     fn stretch_fills_everything_in_nhwc() {
         let target =
             ImageTarget::new(&decl(ResizeMode::Stretch, ColorOrder::Rgb, Layout::Nhwc), &[-1, 5, 3, 3]).unwrap();
-        let t = target.tensor(&png(7, 2, [0, 255, 0])).unwrap();
+        let (t, _) = target.tensor(&png(7, 2, [0, 255, 0])).unwrap();
         assert_eq!(t.shape(), &[1, 5, 3, 3]);
         let v = crate::tensors::elements::<f32>(&t).unwrap();
         assert!(v.chunks(3).all(|p| p == [-1.0, 1.0, -1.0]), "{v:?}");
@@ -303,6 +391,28 @@ mod tests {
             ImageTarget::new(&decl(ResizeMode::Letterbox, ColorOrder::Rgb, Layout::Nchw), &[1, 3, 10, 10]).unwrap();
         assert_eq!(target.resized_size(40, 20), (10, 5));
         assert_eq!(target.resized_size(20, 40), (5, 10));
+    }
+
+    #[test]
+    fn limit_side_scales_the_short_side_up_and_rounds_to_the_stride() {
+        let mut d = decl(ResizeMode::LimitSide, ColorOrder::Bgr, Layout::Nchw);
+        let target = ImageTarget::new(&d, &[1, 3, -1, -1]).unwrap();
+        // 1280x720: 720 < 736, so x 736/720 -> 1308.4 x 736 -> 1312 x 736.
+        assert_eq!(target.resized_size(1280, 720), (1312, 736));
+        // 1920x1080 is left alone but for the rounding: 1080 -> 1088.
+        assert_eq!(target.resized_size(1920, 1080), (1920, 1088));
+        assert_eq!(target.resized_size(1, 1), (736, 736));
+        d.limit_type = LimitType::Max;
+        d.limit_side_len = 960;
+        let target = ImageTarget::new(&d, &[1, 3, -1, -1]).unwrap();
+        assert_eq!(target.resized_size(1920, 1080), (960, 544));
+        assert_eq!(target.resized_size(10, 10), (32, 32));
+        let (t, geometry) = target.tensor(&png(64, 40, [1, 2, 3])).unwrap();
+        assert_eq!(t.shape(), &[1, 3, 32, 64]);
+        assert_eq!(geometry.to_image([64.0, 32.0]), [64.0, 40.0]);
+        assert!(ImageTarget::new(&d, &[1, 3, 32, -1]).is_none(), "both sides follow the frame");
+        let fixed = decl(ResizeMode::Stretch, ColorOrder::Rgb, Layout::Nchw);
+        assert!(ImageTarget::new(&fixed, &[1, 3, -1, -1]).is_none(), "other modes need a size");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! tract plans (see `plans`), its inputs fixed from `model.toml` or the graph and its outputs described.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tract_core::prelude::*;
 use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceModelExt};
@@ -23,6 +24,14 @@ impl Model {
     pub fn load(name: &str, dir: &Path, cache: Option<&ModelCache>) -> Result<Model, LoadError> {
         let manifest_err = |source| LoadError::Manifest { model: name.to_string(), source };
         let manifest = ModelManifest::read(dir).map_err(manifest_err)?.unwrap_or_default();
+        if manifest.pipeline.is_some() {
+            // Loaded alone (not by the repository, which shares the models it serves): its steps
+            // are loaded from the model directories beside it.
+            let repository = dir.parent().unwrap_or(Path::new("."));
+            return Model::pipeline(name, &manifest, &|step| {
+                Model::load(step, &repository.join(step), cache).map(Arc::new)
+            });
+        }
         let onnx = dir.join("model.onnx");
         if !onnx.is_file() {
             return Err(LoadError::MissingOnnx { model: name.to_string(), dir: dir.to_path_buf() });
@@ -60,6 +69,11 @@ impl Model {
             .iter()
             .map(|o| graph.outlet_label(*o).unwrap_or(&graph.node(o.node).name).to_string())
             .collect();
+        if let Some(input) = inputs.iter().position(|spec| spec.shape.iter().skip(1).any(|&d| d < 0)) {
+            // Not cached: the graph is typed anew for each frame size.
+            let by_size = plans::BySize::new(graph, input, &inputs[input], manifest.serving.plans_by_size());
+            return Model::from_any_size(name, by_size, inputs, &output_names, manifest, labels, dictionary);
+        }
         // Decluttered, not optimised: the form the cache keeps (see `cache`).
         let typed = graph.into_typed().and_then(|t| t.into_decluttered()).map_err(tract("type the graph"))?;
         if let Some(entry) = &entry {
@@ -92,12 +106,68 @@ impl Model {
             check_batchable(name, &inputs, &outputs)?;
         }
         let plans = Plans::new(typed.into_runnable().map_err(tract("build a plan"))?, fixed, &inputs);
+        Model::assemble(name, manifest, inputs, outputs, plans, labels, dictionary)
+    }
+
+    /// A model whose image input takes any height and width (a detector): a plan per frame size,
+    /// made when a frame of that size first comes. Two are made now, at two sizes, to check the
+    /// model and to tell which output dimensions follow the frame (they become -1).
+    fn from_any_size(
+        name: &str,
+        by_size: plans::BySize,
+        inputs: Vec<TensorMetadata>,
+        output_names: &[String],
+        manifest: &ModelManifest,
+        labels: Option<Vec<String>>,
+        dictionary: Option<Vec<String>>,
+    ) -> Result<Model, LoadError> {
+        let tract = |stage: &'static str| {
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
+        };
+        let shape = |side: usize| -> Vec<usize> {
+            inputs[by_size.input].shape.iter().map(|&d| if d < 0 { side } else { d as usize }).collect()
+        };
+        let small =
+            by_size.plan(&shape(super::ANY_SIDE_AT_WARM_UP)).map_err(tract("type the graph for a frame size"))?;
+        let larger = by_size
+            .plan(&shape(super::ANY_SIDE_AT_WARM_UP * 3 / 2))
+            .map_err(tract("type the graph for a frame size"))?;
+        let mut outputs = describe_outputs(name, small.model(), output_names, manifest)?;
+        for (ix, output) in outputs.iter_mut().enumerate() {
+            let other = larger.model().output_fact(ix).map_err(tract("type the outputs"))?;
+            for (dim, d) in output.shape.iter_mut().zip(other.shape.iter()) {
+                if d.to_i64().ok() != Some(*dim) {
+                    *dim = -1;
+                }
+            }
+        }
+        let plans = Plans::by_size(small, by_size);
+        Model::assemble(name, manifest, inputs, outputs, plans, labels, dictionary)
+    }
+
+    /// The model from its plans and contract: `model.toml`'s processing resolved against them.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        name: &str,
+        manifest: &ModelManifest,
+        inputs: Vec<TensorMetadata>,
+        outputs: Vec<TensorMetadata>,
+        plans: Plans,
+        labels: Option<Vec<String>>,
+        dictionary: Option<Vec<String>>,
+    ) -> Result<Model, LoadError> {
+        let tract = |stage: &'static str| {
+            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
+        };
         let preprocess = resolve_preprocess(name, manifest, &inputs)?;
         let names = match &manifest.postprocess {
             Some(manifest::PostprocessDecl::Ctc(_)) => dictionary,
             _ => labels.clone(),
         };
-        let postprocess = resolve_postprocess(name, manifest, &outputs, names)?;
+        let mut postprocess = resolve_postprocess(name, manifest, &outputs, names)?;
+        if let (Some(post), Some(super::Preprocess::Image { target, .. })) = (&mut postprocess, &preprocess) {
+            post.input_size = target.width.zip(target.height);
+        }
         let session = resolve_session(name, manifest, &inputs, &outputs)?;
         let raw_outputs = outputs.len();
         let mut public_outputs = outputs;
@@ -129,6 +199,7 @@ impl Model {
             preprocess,
             postprocess,
             session,
+            pipeline: None,
         };
         model.plans.check(|batch| model.zero_inputs(batch)).map_err(tract("run the model on zeros"))?;
         Ok(model)
@@ -183,8 +254,18 @@ fn fix_inputs(
             None => onnx_input_spec(model, name, graph.input_fact(ix).expect("index from input_outlets"))?,
         };
         let dt = spec.datatype.datum_type().expect("numeric inputs only");
-        let dims: TVec<TDim> =
-            spec.shape.iter().map(|&d| if d < 0 { TDim::from(batch.clone()) } else { TDim::from(d) }).collect();
+        // The batch dimension is N; an image's free height and width get symbols of their own
+        // (replaced by each frame's size, see `plans::BySize`).
+        let dims: TVec<TDim> = spec
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(axis, &d)| match (d, axis) {
+                (-1, 0) => TDim::from(batch.clone()),
+                (-1, axis) => TDim::from(graph.symbols.sym(&format!("S{ix}_{axis}"))),
+                (d, _) => TDim::from(d),
+            })
+            .collect();
         graph.set_input_fact(ix, InferenceFact::dt_shape(dt, dims)).map_err(|e| LoadError::Tract {
             model: model.into(),
             stage: "set the input shape",

@@ -45,6 +45,10 @@ pub struct ModelManifest {
     /// Streaming models: outputs fed back as inputs on the next request of the same session.
     #[serde(default)]
     pub session: Option<SessionDecl>,
+    /// A model made of other models of the repository (detect, then read what was found): it has
+    /// no ONNX file of its own.
+    #[serde(default)]
+    pub pipeline: Option<PipelineDecl>,
 }
 
 /// Where request bytes go and how they are turned into the model's input tensor.
@@ -88,6 +92,34 @@ pub struct ImageDecl {
     /// What the area outside the resized image holds, after scaling (`fit_height`, `letterbox`).
     #[serde(default)]
     pub pad_value: f32,
+    /// `limit_side`: which side is brought to `limit_side_len`.
+    #[serde(default)]
+    pub limit_type: LimitType,
+    /// `limit_side`: the length, in pixels, that side is brought to.
+    #[serde(default = "default_limit_side_len")]
+    pub limit_side_len: u32,
+    /// `limit_side`: both sides are then rounded to a multiple of this (the detector's largest stride).
+    #[serde(default = "default_size_multiple")]
+    pub size_multiple: u32,
+}
+
+fn default_limit_side_len() -> u32 {
+    736
+}
+
+fn default_size_multiple() -> u32 {
+    32
+}
+
+/// Which side of the image `limit_side` scales to `limit_side_len` (PaddleOCR's `limit_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitType {
+    /// The shorter side, and only up: small frames are enlarged so that small text stays readable.
+    #[default]
+    Min,
+    /// The longer side, and only down: large frames are shrunk to bound the work.
+    Max,
 }
 
 fn one_over_255() -> f32 {
@@ -110,6 +142,10 @@ pub enum ResizeMode {
     FitHeight,
     /// Keep the aspect ratio, fit inside height x width, pad right and bottom.
     Letterbox,
+    /// Detectors that take a frame of any size (PaddleOCR's DBNet; the input's height and width
+    /// are -1): keep the aspect ratio, scale by `limit_type`/`limit_side_len`, round each side to
+    /// a multiple of `size_multiple`.
+    LimitSide,
 }
 
 /// Channel order the model was trained with (OpenCV-based models use BGR).
@@ -152,16 +188,188 @@ pub enum PostprocessDecl {
     Classify(ClassifyDecl),
     /// CTC greedy decoding: outputs `text` (BYTES) and `confidence` (mean of the kept steps' probabilities).
     Ctc(CtcDecl),
+    /// Text regions from a DBNet probability map (PaddleOCR's detector): outputs `boxes`,
+    /// `polygons` and `scores`, in the pixels of the image as sent.
+    Db(DbDecl),
+    /// Faces from an SCRFD detector's per-stride heads: outputs `boxes`, `scores` and
+    /// `keypoints` (eyes, nose, mouth corners), after NMS.
+    Scrfd(ScrfdDecl),
+    /// Objects from a YOLOv5/YOLOv8-style head: outputs `boxes`, `scores` and `labels`, after
+    /// class-wise NMS.
+    Yolo(YoloDecl),
 }
 
 impl PostprocessDecl {
-    /// The raw output the answers are computed from.
-    pub fn output(&self) -> &str {
+    /// The raw outputs the answers are computed from.
+    pub fn outputs(&self) -> Vec<&str> {
         match self {
-            PostprocessDecl::Classify(d) => &d.output,
-            PostprocessDecl::Ctc(d) => &d.output,
+            PostprocessDecl::Classify(d) => vec![&d.output],
+            PostprocessDecl::Ctc(d) => vec![&d.output],
+            PostprocessDecl::Db(d) => vec![&d.output],
+            PostprocessDecl::Scrfd(d) => {
+                d.scores.iter().chain(&d.boxes).chain(&d.keypoints).map(String::as_str).collect()
+            }
+            PostprocessDecl::Yolo(d) => vec![&d.output],
         }
     }
+
+    /// Whether it finds regions in a frame (the first step of a pipeline must).
+    pub fn detects(&self) -> bool {
+        matches!(self, PostprocessDecl::Db(_) | PostprocessDecl::Scrfd(_) | PostprocessDecl::Yolo(_))
+    }
+}
+
+/// InsightFace's SCRFD decoding (as the `scrfd` package does it): per stride, anchor centres on
+/// the stride's grid, box sides and keypoints as distances from them in strides. `score`,
+/// `nms_iou` and `max_detections` can be changed per request.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrfdDecl {
+    /// The score outputs ([1, anchors, 1] probabilities), one per stride, in `strides` order.
+    pub scores: Vec<String>,
+    /// The box outputs ([1, anchors, 4]: left, top, right, bottom distances), per stride.
+    pub boxes: Vec<String>,
+    /// The keypoint outputs ([1, anchors, 2k]), per stride; empty for a model without them.
+    #[serde(default)]
+    pub keypoints: Vec<String>,
+    #[serde(default = "scrfd_strides")]
+    pub strides: Vec<usize>,
+    /// Anchors per grid location.
+    #[serde(default = "two")]
+    pub anchors: usize,
+    #[serde(default = "scrfd_score")]
+    pub score: f32,
+    /// A face overlapping a better one by more than this is the same face.
+    #[serde(default = "half")]
+    pub nms_iou: f32,
+    #[serde(default = "scrfd_max_detections")]
+    pub max_detections: usize,
+}
+
+fn scrfd_strides() -> Vec<usize> {
+    vec![8, 16, 32]
+}
+
+fn two() -> usize {
+    2
+}
+
+fn scrfd_score() -> f32 {
+    0.4
+}
+
+fn half() -> f32 {
+    0.5
+}
+
+fn scrfd_max_detections() -> usize {
+    1000
+}
+
+/// A YOLO head: `v8` is [1, 4 + classes, candidates] (cx, cy, w, h, class scores), `v5` is
+/// [1, candidates, 5 + classes] (cx, cy, w, h, objectness, class scores), boxes in input pixels.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct YoloDecl {
+    pub output: String,
+    pub version: YoloVersion,
+    /// Candidates scoring above this are kept (Ultralytics' `conf`).
+    #[serde(default = "yolo_score")]
+    pub score: f32,
+    /// Of two boxes of one class overlapping by more than this, the weaker goes (Ultralytics' `iou`).
+    #[serde(default = "yolo_nms_iou")]
+    pub nms_iou: f32,
+    #[serde(default = "yolo_max_detections")]
+    pub max_detections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum YoloVersion {
+    V5,
+    V8,
+}
+
+fn yolo_score() -> f32 {
+    0.25
+}
+
+fn yolo_nms_iou() -> f32 {
+    0.45
+}
+
+fn yolo_max_detections() -> usize {
+    300
+}
+
+/// PaddleOCR's `DBPostProcess`, with its defaults (RapidOCR's config). `score` and
+/// `max_detections` can be lowered or raised per request (`parameters`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbDecl {
+    /// An output of shape [1, 1, H, W] holding each pixel's probability of being text.
+    pub output: String,
+    /// Pixels above this probability are text.
+    #[serde(default = "db_thresh")]
+    pub thresh: f32,
+    /// A region is kept when the mean probability inside its box is at least this (`box_thresh`).
+    #[serde(default = "db_score")]
+    pub score: f32,
+    /// Regions looked at, at most (`max_candidates`); a frame with more says so in the reply.
+    #[serde(default = "db_max_detections")]
+    pub max_detections: usize,
+    /// How far a region's box is grown: by area * ratio / perimeter (the network sees shrunk text).
+    #[serde(default = "db_unclip_ratio")]
+    pub unclip_ratio: f32,
+    /// Grow the text mask by one pixel first (PaddleOCR's `use_dilation`, a 2x2 kernel).
+    #[serde(default = "yes")]
+    pub dilation: bool,
+}
+
+fn db_thresh() -> f32 {
+    0.3
+}
+
+fn db_score() -> f32 {
+    0.5
+}
+
+fn db_max_detections() -> usize {
+    1000
+}
+
+fn db_unclip_ratio() -> f32 {
+    1.6
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[pipeline]`: a frame goes through a detector, each region it finds is cropped upright from
+/// the frame, turned the right way up, and read. Each step names a model of the same repository,
+/// which is also served on its own.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDecl {
+    /// A model with a detecting `[postprocess]` (`db`) and an image `[preprocess]`.
+    pub detect: String,
+    /// Optional: a classifier whose labels are the degrees to turn a crop by ("0", "180"); a crop
+    /// is turned when the label's score is at least `orient_score`.
+    #[serde(default)]
+    pub orient: Option<String>,
+    #[serde(default = "orient_score")]
+    pub orient_score: f32,
+    /// A model with an image `[preprocess]` run on every crop (a `ctc` text reader, or a classifier).
+    pub read: String,
+    /// Regions whose reading is less sure than this are left out of the answer (RapidOCR's
+    /// `text_score`; the reader's `confidence`, or its best `scores`).
+    #[serde(default)]
+    pub read_score: f32,
+}
+
+fn orient_score() -> f32 {
+    0.9
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -241,6 +449,15 @@ pub struct ServingDecl {
     /// How long a worker holding a partial batch waits for more requests (microseconds, default 0:
     /// it takes only what is already queued, so a lone request is never delayed).
     pub max_queue_delay_us: Option<u64>,
+    /// A model whose image input takes any size keeps a plan for each of the last this many
+    /// frame sizes (default 4); each costs about one copy of the weights.
+    pub plans_by_size: Option<usize>,
+}
+
+impl ServingDecl {
+    pub fn plans_by_size(&self) -> usize {
+        self.plans_by_size.unwrap_or(4)
+    }
 }
 
 /// One tensor as declared in `model.toml`.

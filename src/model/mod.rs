@@ -8,12 +8,14 @@
 pub mod audio;
 pub mod cache;
 mod contract;
+pub mod detect;
 mod error;
 pub mod image;
 pub mod inspect;
 mod load;
 pub mod manifest;
 mod metadata;
+mod pipeline;
 mod plans;
 pub(crate) mod postprocess;
 mod prepare;
@@ -35,6 +37,10 @@ pub use repository::ModelRepository;
 pub use run::{Answer, AnsweredOutput};
 use session::SessionStore;
 
+/// The height and width a detector that takes frames of any size is warmed up with: a multiple
+/// of every stride such networks have (32), small enough to cost nothing.
+pub const ANY_SIDE_AT_WARM_UP: usize = 64;
+
 /// A model ready to serve. Cheap to share: workers hold an `Arc<Model>` and run the same plans.
 pub struct Model {
     metadata: ModelMetadata,
@@ -49,9 +55,12 @@ pub struct Model {
     preprocess: Option<Preprocess>,
     postprocess: Option<Postprocess>,
     session: Option<Session>,
+    /// For a `[pipeline]`: the models after the detector, whose plans and processing are the ones above.
+    pipeline: Option<pipeline::Pipeline>,
 }
 
 /// `[preprocess]`, resolved against the graph: which input it fills, and how.
+#[derive(Clone)]
 enum Preprocess {
     Image {
         input: usize,
@@ -94,13 +103,23 @@ impl Model {
         &self.serving
     }
 
-    /// Zero-filled inputs of the model's shapes, `batch` standing for the batch dimension: the
-    /// warm-up run and `edgeinfer bench` use them.
+    /// Zero-filled inputs of the model's shapes, `batch` standing for the batch dimension (and
+    /// [`ANY_SIDE_AT_WARM_UP`] for an image's free height and width): the warm-up run and
+    /// `edgeinfer bench` use them.
     pub fn zero_inputs(&self, batch: usize) -> TractResult<TVec<TValue>> {
         self.inputs
             .iter()
             .map(|spec| {
-                let shape: Vec<usize> = spec.shape.iter().map(|&d| if d < 0 { batch } else { d as usize }).collect();
+                let shape: Vec<usize> = spec
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, &d)| match (d, axis) {
+                        (-1, 0) => batch,
+                        (-1, _) => ANY_SIDE_AT_WARM_UP,
+                        (d, _) => d as usize,
+                    })
+                    .collect();
                 let dt = spec.datatype.datum_type().expect("numeric inputs only");
                 Ok(Tensor::zero_dt(dt, &shape)?.into_tvalue())
             })
@@ -119,7 +138,7 @@ impl Model {
     /// no images.
     pub fn preprocess_image(&self, bytes: &[u8]) -> Option<Result<Tensor, image::ImageError>> {
         match &self.preprocess {
-            Some(Preprocess::Image { target, .. }) => Some(target.tensor(bytes)),
+            Some(Preprocess::Image { target, .. }) => Some(target.tensor(bytes).map(|(tensor, _)| tensor)),
             _ => None,
         }
     }

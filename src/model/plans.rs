@@ -9,17 +9,22 @@
 //! symbolic plan: each plan is an optimised copy of the weights (10-15 MB for squeezenet, ~100 MB
 //! for resnet50), and a plan per size measured faster on digits only (1.2x), not on squeezenet.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use tract_core::internal::{bail, TractErrorContext};
 use tract_core::prelude::*;
+use tract_onnx::prelude::{InferenceFact, InferenceModel, InferenceModelExt};
 
 use super::TensorMetadata;
 
+#[derive(Clone)]
 pub(super) struct Plans {
-    /// The graph as declared: the batch dimension (if any) symbolic.
+    /// The graph as declared: the batch dimension (if any) symbolic. For a model whose input
+    /// size follows the frame, the plan for the warm-up size.
     any: Arc<TypedRunnableModel>,
+    /// For a model whose input size follows the frame: a plan per size.
+    by_size: Option<Arc<BySize>>,
     /// (batch size, a plan for exactly that size), ascending.
     fixed: Vec<(usize, Arc<TypedRunnableModel>)>,
     /// The first input with a batch dimension: its leading dimension is the batch size of a run.
@@ -76,7 +81,13 @@ impl Plans {
         fixed: Vec<(usize, Arc<TypedRunnableModel>)>,
         inputs: &[TensorMetadata],
     ) -> Plans {
-        Plans { any, fixed, batch_input: batch_input(inputs) }
+        Plans { any, fixed, by_size: None, batch_input: batch_input(inputs) }
+    }
+
+    /// The plans of a model whose input size follows the frame; `warm_up` is the one for the
+    /// warm-up size.
+    pub(super) fn by_size(warm_up: Arc<TypedRunnableModel>, by_size: BySize) -> Plans {
+        Plans { any: warm_up, fixed: Vec::new(), by_size: Some(Arc::new(by_size)), batch_input: None }
     }
 
     /// The plan for these inputs: the one fixed to their batch size, else the symbolic one.
@@ -90,6 +101,10 @@ impl Plans {
     }
 
     pub(super) fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if let Some(by_size) = &self.by_size {
+            let plan = by_size.plan(inputs[by_size.input].shape())?;
+            return plan.run(inputs);
+        }
         self.choose(&inputs).1.run(inputs)
     }
 
@@ -107,6 +122,57 @@ impl Plans {
     #[cfg(test)]
     pub(super) fn fixed_sizes(&self) -> Vec<usize> {
         self.fixed.iter().map(|(size, _)| *size).collect()
+    }
+}
+
+/// Plans for each input size of a model whose image input takes frames of any size (a
+/// detector): tract cannot always type such a graph with symbolic sizes (PP-OCR's detector halves
+/// and doubles its feature maps, and `ceil(h / 32) * 8` is not provably `ceil(h / 8)`), and a
+/// concrete plan is the fast one anyway. A camera sends one size, so one plan is made, on its
+/// first frame; the last `capacity` sizes are kept, each about one copy of the weights.
+pub(super) struct BySize {
+    /// The parsed graph, its other inputs fixed.
+    graph: InferenceModel,
+    /// The input whose size follows the frame.
+    pub input: usize,
+    datum: DatumType,
+    capacity: usize,
+    /// Most recently used first.
+    plans: Mutex<VecDeque<(TVec<usize>, Arc<TypedRunnableModel>)>>,
+}
+
+impl BySize {
+    pub(super) fn new(graph: InferenceModel, input: usize, spec: &TensorMetadata, capacity: usize) -> BySize {
+        let datum = spec.datatype.datum_type().expect("numeric inputs only");
+        BySize { graph, input, datum, capacity: capacity.max(1), plans: Mutex::new(VecDeque::new()) }
+    }
+
+    /// The plan for inputs of `shape`, made now if no kept one has it.
+    pub(super) fn plan(&self, shape: &[usize]) -> TractResult<Arc<TypedRunnableModel>> {
+        {
+            let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = plans.iter().position(|(s, _)| s.as_slice() == shape) {
+                let entry = plans.remove(at).expect("found");
+                let plan = entry.1.clone();
+                plans.push_front(entry);
+                return Ok(plan);
+            }
+        }
+        // Made outside the lock: other sizes keep being served meanwhile.
+        let started = std::time::Instant::now();
+        let mut graph = self.graph.clone();
+        graph.set_input_fact(self.input, InferenceFact::dt_shape(self.datum, shape))?;
+        let plan = graph
+            .into_typed()
+            .and_then(|typed| typed.into_decluttered())
+            .and_then(|typed| typed.into_optimized())
+            .and_then(|optimised| optimised.into_runnable())
+            .with_context(|| format!("making a plan for input size {shape:?}"))?;
+        tracing::info!(shape = ?shape, ms = started.elapsed().as_millis() as u64, "plan made for a new input size");
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        plans.push_front((shape.into(), plan.clone()));
+        plans.truncate(self.capacity);
+        Ok(plan)
     }
 }
 

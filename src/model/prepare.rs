@@ -3,6 +3,8 @@
 
 use tract_core::prelude::*;
 
+use super::detect::{Thresholds, MAX_DETECTIONS};
+use super::image::{Frame, ImageGeometry};
 use super::session::MAX_SESSION_ID_BYTES;
 use super::{audio, InputError, Model, Preprocess};
 #[cfg(test)]
@@ -24,6 +26,12 @@ pub struct PreparedInputs {
     pub session_owner: String,
     /// Indices into the model's outputs, each with whether it goes back as raw bytes.
     pub outputs: Vec<(usize, bool)>,
+    /// The request's detection thresholds, checked (a detector's only).
+    pub thresholds: Thresholds,
+    /// Where the image went in the input, once pre-processed (for a detector's boxes).
+    pub geometry: Option<ImageGeometry>,
+    /// The decoded frame, kept by a pipeline to crop the regions from.
+    pub frame: Option<Frame>,
 }
 
 /// Request data waiting for pre-processing.
@@ -168,7 +176,41 @@ impl Model {
                 })
                 .collect::<Result<_, InputError>>()?,
         };
-        Ok(PreparedInputs { inputs, pending, session, session_owner: String::new(), outputs })
+        if self.pipeline.is_some() && !matches!(pending, Some(Pending::Image(_))) {
+            return Err(InputError::ImageRequired { model: model() });
+        }
+        let thresholds = self.check_thresholds(request.thresholds)?;
+        Ok(PreparedInputs {
+            inputs,
+            pending,
+            session,
+            session_owner: String::new(),
+            outputs,
+            thresholds,
+            geometry: None,
+            frame: None,
+        })
+    }
+
+    /// A detector's thresholds must make sense; other models ignore them, as any parameter they
+    /// do not know.
+    fn check_thresholds(&self, thresholds: Thresholds) -> Result<Thresholds, InputError> {
+        if !self.postprocess.as_ref().is_some_and(|p| p.decl.detects()) {
+            return Ok(Thresholds::default());
+        }
+        for (key, value) in [("score", thresholds.score), ("nms_iou", thresholds.nms_iou)] {
+            if let Some(value) = value.filter(|v| !(0.0..=1.0).contains(v)) {
+                return Err(InputError::Threshold { key, range: "between 0 and 1".into(), sent: value.to_string() });
+            }
+        }
+        if let Some(n) = thresholds.max_detections.filter(|&n| n == 0 || n > MAX_DETECTIONS as u64) {
+            return Err(InputError::Threshold {
+                key: "max_detections",
+                range: format!("between 1 and {MAX_DETECTIONS}"),
+                sent: n.to_string(),
+            });
+        }
+        Ok(thresholds)
     }
 
     pub(super) fn is_state_input(&self, name: &str) -> bool {

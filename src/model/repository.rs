@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{LoadError, Model, ModelCache};
+use super::{LoadError, Model, ModelCache, ModelManifest};
 
 /// Every model that loaded, by name.
 #[derive(Default, Clone)]
@@ -64,6 +64,10 @@ impl ModelRepository {
         names.sort();
         let mut repository = ModelRepository::default();
         let mut failures = Vec::new();
+        // Pipelines after the models they are made of, which they share.
+        let (pipelines, names): (Vec<String>, Vec<String>) = names.into_iter().partition(|name| {
+            ModelManifest::read(&dir.join(name)).ok().flatten().is_some_and(|m| m.pipeline.is_some())
+        });
         for name in names {
             let started = std::time::Instant::now();
             match Model::load(&name, &dir.join(&name), cache) {
@@ -78,6 +82,30 @@ impl ModelRepository {
                     dir = %dir.display(),
                     "skipped: no model.onnx yet (for the models/ pack: python3 models/fetch.py)"
                 ),
+                Err(e) => failures.push(e),
+            }
+        }
+        for name in pipelines {
+            let manifest = match ModelManifest::read(&dir.join(&name)) {
+                Ok(Some(manifest)) => manifest,
+                Ok(None) => continue,
+                Err(source) => {
+                    failures.push(LoadError::Manifest { model: name, source });
+                    continue;
+                }
+            };
+            let step = |step: &str| {
+                repository.models.get(step).cloned().ok_or_else(|| LoadError::Processing {
+                    model: name.clone(),
+                    key: "pipeline",
+                    message: format!("its step \"{step}\" is not a model that loaded here"),
+                })
+            };
+            match Model::pipeline(&name, &manifest, &step) {
+                Ok(model) => {
+                    tracing::info!(model = %name, "pipeline ready");
+                    repository.models.insert(name, Arc::new(model));
+                }
                 Err(e) => failures.push(e),
             }
         }

@@ -3,6 +3,8 @@
 
 use tract_core::prelude::*;
 
+use super::image::Frame;
+use super::postprocess::Context;
 use super::session::{SessionKey, SessionState, Start};
 use super::{audio, AnswerError, InputError, Model, Pending, PreparedInputs, Preprocess};
 use crate::protocol::OutputTensor;
@@ -53,11 +55,11 @@ impl Model {
             _ => (None, Start::New),
         };
         let previous = state.clone();
-        let outputs = self
-            .complete(&mut prepared, &mut state)
-            .and_then(|()| self.run(prepared.inputs).map_err(|e| AnswerError::Inference(e.into())));
+        let outputs = self.complete(&mut prepared, &mut state).and_then(|()| {
+            self.run(std::mem::take(&mut prepared.inputs)).map_err(|e| AnswerError::Inference(e.into()))
+        });
         let (Some(session), Some(key)) = (&self.session, session_key) else {
-            return self.select(None, outputs?, &prepared.outputs);
+            return self.select(None, outputs?, &mut prepared);
         };
         let outputs = match outputs {
             Ok(outputs) => outputs,
@@ -81,7 +83,7 @@ impl Model {
         if let Some(why) = start.eviction() {
             parameters.insert("session_evicted".into(), why.into());
         }
-        self.select(Some(parameters), outputs, &prepared.outputs)
+        self.select(Some(parameters), outputs, &mut prepared)
     }
 
     /// Fills in what `prepare` left for the inference thread: the pre-processed input (decoded
@@ -96,8 +98,17 @@ impl Model {
         }
         match (prepared.pending.take(), &self.preprocess) {
             (None, _) => {}
+            (Some(Pending::Image(bytes)), Some(Preprocess::Image { input, target })) if self.pipeline.is_some() => {
+                let frame = Frame::decode(&bytes).map_err(InputError::from)?;
+                let (tensor, geometry) = target.tensor_of(&frame.rgb);
+                prepared.inputs[*input] = tensor.into_tvalue();
+                prepared.geometry = Some(geometry);
+                prepared.frame = Some(frame);
+            }
             (Some(Pending::Image(bytes)), Some(Preprocess::Image { input, target })) => {
-                prepared.inputs[*input] = target.tensor(&bytes).map_err(InputError::from)?.into_tvalue();
+                let (tensor, geometry) = target.tensor(&bytes).map_err(InputError::from)?;
+                prepared.inputs[*input] = tensor.into_tvalue();
+                prepared.geometry = Some(geometry);
             }
             (Some(Pending::Audio(samples)), Some(Preprocess::Audio { input, decl, one_frame })) => {
                 let mut scratch = Vec::new();
@@ -148,7 +159,7 @@ impl Model {
             .collect::<TractResult<TVec<TValue>>>()
             .and_then(|stacked| self.run(stacked));
         let mut start = 0;
-        for (slot, prepared) in &ready {
+        for (slot, prepared) in &mut ready {
             let answer = match &outputs {
                 // Each request of the batch gets the cause, so each needs its own copy of it.
                 Err(e) => Err(AnswerError::Inference(format!("{e:#}").into())),
@@ -160,7 +171,7 @@ impl Model {
                         .map(|t| Ok(t.slice(0, range.start, range.end)?.into_tvalue()))
                         .collect::<TractResult<TVec<TValue>>>()
                         .map_err(|e| AnswerError::SplitBatch(e.into()))
-                        .and_then(|own| self.select(None, own, &prepared.outputs))
+                        .and_then(|own| self.select(None, own, prepared))
                 }
             };
             answers[*slot] = Some(answer);
@@ -168,19 +179,31 @@ impl Model {
         answers.into_iter().map(|a| a.expect("every request answered")).collect()
     }
 
-    /// Picks out the outputs a request asked for, computing post-processed ones when asked for.
+    /// Picks out the outputs a request asked for, computing post-processed ones (or running the
+    /// rest of a pipeline) when asked for.
     fn select(
         &self,
-        parameters: Option<serde_json::Map<String, serde_json::Value>>,
+        mut parameters: Option<serde_json::Map<String, serde_json::Value>>,
         outputs: TVec<TValue>,
-        wanted: &[(usize, bool)],
+        prepared: &mut PreparedInputs,
     ) -> Result<Answer, AnswerError> {
-        let mut computed: Vec<Option<Tensor>> = match &self.postprocess {
+        let frame = prepared.frame.take();
+        let wanted = &prepared.outputs;
+        let context = Context { geometry: prepared.geometry, thresholds: prepared.thresholds };
+        let computed = match &self.postprocess {
             Some(post) if wanted.iter().any(|(i, _)| *i >= self.raw_outputs) => {
-                post.compute(&outputs[post.source]).map_err(|e| AnswerError::Postprocess(e.into()))?.map(Some).into()
+                let computed = match &self.pipeline {
+                    Some(pipeline) => pipeline.read(post, &outputs, &context, frame)?,
+                    None => post.compute(&outputs, &context).map_err(|e| AnswerError::Postprocess(e.into()))?,
+                };
+                if let Some(capped) = computed.capped {
+                    parameters.get_or_insert_with(Default::default).insert("detections_capped".into(), capped);
+                }
+                computed.tensors
             }
             _ => Vec::new(),
         };
+        let mut computed: Vec<Option<Tensor>> = computed.into_iter().map(Some).collect();
         let outputs = wanted
             .iter()
             .map(|&(index, binary)| AnsweredOutput {

@@ -79,6 +79,10 @@ pub enum MediaError {
     Unsupported(String),
     #[error("user property timeout_ms must be a whole number of milliseconds, got \"{0}\"")]
     Timeout(String),
+    #[error("user properties score and nms_iou must be numbers between 0 and 1, got \"{0}\"")]
+    Score(String),
+    #[error("user property max_detections must be a whole number, got \"{0}\"")]
+    MaxDetections(String),
     /// The samples are not a whole number of their size, say.
     #[error("input \"payload\": {0}")]
     Samples(String),

@@ -18,7 +18,7 @@ use tract_core::prelude::Tensor;
 use super::binary::tensor_from_le_bytes;
 use super::datatype::DataType;
 use super::error::{DecodeError, DecodeFailure, MediaError};
-use super::types::{InferRequest, RequestIdentity, RequestedOutput};
+use super::types::{InferRequest, RequestIdentity, RequestedOutput, Thresholds};
 
 pub use super::types::Media;
 /// `Some` when the Content Type names a media payload; `None` for everything else, which is then
@@ -55,6 +55,22 @@ pub fn decode_media(
         Some(Err(e)) => return Some(Err(fail(e))),
         None => None,
     };
+    let score = match property("score").map(|v| v.trim().parse::<f32>().map_err(|_| MediaError::Score(v))) {
+        Some(Ok(score)) => Some(score),
+        Some(Err(e)) => return Some(Err(fail(e))),
+        None => None,
+    };
+    let max_detections =
+        match property("max_detections").map(|v| v.trim().parse::<u64>().map_err(|_| MediaError::MaxDetections(v))) {
+            Some(Ok(n)) => Some(n),
+            Some(Err(e)) => return Some(Err(fail(e))),
+            None => None,
+        };
+    let nms_iou = match property("nms_iou").map(|v| v.trim().parse::<f32>().map_err(|_| MediaError::Score(v))) {
+        Some(Ok(iou)) => Some(iou),
+        Some(Err(e)) => return Some(Err(fail(e))),
+        None => None,
+    };
     let outputs = property("outputs").map(|list| {
         list.split(',')
             .map(str::trim)
@@ -70,6 +86,7 @@ pub fn decode_media(
         timeout,
         session: property("session"),
         media: Some(media),
+        thresholds: Thresholds { score, max_detections, nms_iou },
     }))
 }
 

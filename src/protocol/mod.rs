@@ -16,4 +16,4 @@ pub use error::{DecodeError, DecodeFailure, MediaError};
 pub use media::decode_media;
 pub use request::decode_request;
 pub use response::{decode_reply, encode_error, encode_response, EncodedReply, ErrorCode, OutputTensor};
-pub use types::{InferRequest, InputTensor, Media, RequestIdentity, RequestedOutput};
+pub use types::{InferRequest, InputTensor, Media, RequestIdentity, RequestedOutput, Thresholds};

@@ -20,7 +20,7 @@ pub use super::binary::{
     binary_bytes, encode_binary_request, header_length_from_properties, parse_header_length, HEADER_LENGTH_PROPERTY,
 };
 pub use super::error::{DecodeError, DecodeFailure};
-pub use super::types::{InferRequest, InputTensor, RequestIdentity, RequestedOutput};
+pub use super::types::{InferRequest, InputTensor, RequestIdentity, RequestedOutput, Thresholds};
 
 /// Decodes a request payload. `header_len` is the binary extension's JSON header length, when the
 /// message carried one (MQTT v5 user property). Without it, the JSON header ends where its object
@@ -133,6 +133,12 @@ struct RequestParameters {
     binary_data_output: Option<bool>,
     #[serde(default, deserialize_with = "id_string")]
     session: Option<String>,
+    #[serde(default)]
+    score: Option<f32>,
+    #[serde(default)]
+    max_detections: Option<u64>,
+    #[serde(default)]
+    nms_iou: Option<f32>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +206,11 @@ impl RawRequest<'_> {
             timeout: self.parameters.timeout_ms.map(Duration::from_millis),
             session: self.parameters.session,
             media: None,
+            thresholds: Thresholds {
+                score: self.parameters.score,
+                max_detections: self.parameters.max_detections,
+                nms_iou: self.parameters.nms_iou,
+            },
         })
     }
 }

@@ -23,6 +23,20 @@ pub struct InferRequest {
     /// An image file or audio samples sent as the whole payload (MQTT Content Type), for the
     /// model's `[preprocess]` input.
     pub media: Option<Media>,
+    /// A detector's thresholds for this request (`parameters.score`, `parameters.max_detections`).
+    pub thresholds: Thresholds,
+}
+
+/// A request's own detection thresholds, replacing the model's defaults; a model that detects
+/// nothing ignores them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    /// The lowest score of a region kept.
+    pub score: Option<f32>,
+    /// The most regions looked at.
+    pub max_detections: Option<u64>,
+    /// Of two overlapping regions, the weaker is dropped above this overlap (intersection over union).
+    pub nms_iou: Option<f32>,
 }
 
 /// What is needed to answer a request, even one that failed to decode.

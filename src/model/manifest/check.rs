@@ -4,7 +4,8 @@
 
 use std::path::{Component, Path};
 
-use super::{ManifestError, ModelManifest, PostprocessDecl, PreprocessDecl};
+use super::{ManifestError, ModelManifest, PostprocessDecl, PreprocessDecl, ResizeMode};
+use crate::model::detect::MAX_DETECTIONS;
 use crate::protocol::DataType;
 
 impl ModelManifest {
@@ -29,12 +30,15 @@ impl ModelManifest {
                         ));
                     }
                 }
+                // A detector's image input takes frames of any size: its height and width are -1 too.
+                let any_size = section == "inputs" && self.any_size_image() == Some(decl.name.as_str());
                 for (axis, &dim) in decl.shape.iter().enumerate() {
-                    if dim < -1 || dim == 0 || (dim == -1 && axis != 0) {
+                    if dim < -1 || dim == 0 || (dim == -1 && axis != 0 && !any_size) {
                         return Err(invalid(
                             format!("{key}.shape[{axis}]"),
                             format!(
-                                "{dim} is not allowed: dimensions are positive, and only the first may be -1 (batch)"
+                                "{dim} is not allowed: dimensions are positive, and only the first may be -1 (batch), \
+                                 except an image input's height and width with resize = \"limit_side\""
                             ),
                         ));
                     }
@@ -53,6 +57,9 @@ impl ModelManifest {
                 "must be at most 1000000 (1 s); a batch that waits longer than that helps nobody".into(),
             ));
         }
+        if self.serving.plans_by_size.is_some_and(|n| n == 0 || n > 64) {
+            return Err(invalid("serving.plans_by_size".into(), "must be between 1 and 64".into()));
+        }
         if self.serving.queue_capacity == Some(0) {
             return Err(invalid("serving.queue_capacity".into(), "must be at least 1".into()));
         }
@@ -68,7 +75,52 @@ impl ModelManifest {
         if let Some(labels) = &self.labels {
             inside("labels", labels)?;
         }
-        self.validate_processing(&invalid, &inside)
+        self.validate_processing(&invalid, &inside)?;
+        self.validate_pipeline(&invalid)
+    }
+
+    /// The image input that `resize = "limit_side"` fills: one whose size follows the frame.
+    fn any_size_image(&self) -> Option<&str> {
+        match &self.preprocess {
+            Some(PreprocessDecl::Image(d)) if d.resize == ResizeMode::LimitSide => Some(&d.input),
+            _ => None,
+        }
+    }
+
+    /// A pipeline is made of other models: it has nothing of a model of its own but its serving.
+    fn validate_pipeline(&self, invalid: &dyn Fn(String, String) -> ManifestError) -> Result<(), ManifestError> {
+        let Some(pipeline) = &self.pipeline else {
+            return Ok(());
+        };
+        let own = [
+            ("inputs", !self.inputs.is_empty()),
+            ("outputs", !self.outputs.is_empty()),
+            ("labels", self.labels.is_some()),
+            ("preprocess", self.preprocess.is_some()),
+            ("postprocess", self.postprocess.is_some()),
+            ("session", self.session.is_some()),
+            ("serving.max_batch_size", self.serving.max_batch_size.is_some_and(|b| b > 1)),
+        ];
+        if let Some((key, _)) = own.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                (*key).into(),
+                "a [pipeline] takes these from its steps' models; set them in those models' model.toml".into(),
+            ));
+        }
+        let steps = [Some(&pipeline.detect), pipeline.orient.as_ref(), Some(&pipeline.read)];
+        for (key, step) in ["pipeline.detect", "pipeline.orient", "pipeline.read"].iter().zip(steps) {
+            if step.is_some_and(|name| !crate::model::repository::is_valid_model_name(name)) {
+                return Err(invalid((*key).into(), "must name a model of the repository".into()));
+            }
+        }
+        for (key, value) in
+            [("pipeline.orient_score", pipeline.orient_score), ("pipeline.read_score", pipeline.read_score)]
+        {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(invalid(key.into(), "must be between 0 and 1".into()));
+            }
+        }
+        Ok(())
     }
 
     fn validate_processing(
@@ -83,6 +135,12 @@ impl ModelManifest {
                 }
                 if !d.scale.is_finite() || d.mean.iter().any(|m| !m.is_finite()) || !d.pad_value.is_finite() {
                     return Err(invalid("preprocess".into(), "scale, mean and pad_value must be finite".into()));
+                }
+                if !(32..=8192).contains(&d.limit_side_len) {
+                    return Err(invalid("preprocess.limit_side_len".into(), "must be between 32 and 8192".into()));
+                }
+                if !(1..=256).contains(&d.size_multiple) {
+                    return Err(invalid("preprocess.size_multiple".into(), "must be between 1 and 256".into()));
                 }
             }
             Some(PreprocessDecl::Audio(d)) => {
@@ -103,6 +161,35 @@ impl ModelManifest {
                 return Err(invalid("postprocess.top_k".into(), "must be at least 1".into()));
             }
             Some(PostprocessDecl::Ctc(d)) => inside("postprocess.dictionary", &d.dictionary)?,
+            Some(PostprocessDecl::Db(d)) => {
+                thresholds(invalid, &[("thresh", d.thresh), ("score", d.score)], d.max_detections)?;
+                if !(0.0..=10.0).contains(&d.unclip_ratio) {
+                    return Err(invalid("postprocess.unclip_ratio".into(), "must be between 0 and 10".into()));
+                }
+            }
+            Some(PostprocessDecl::Scrfd(d)) => {
+                thresholds(invalid, &[("score", d.score), ("nms_iou", d.nms_iou)], d.max_detections)?;
+                let n = d.strides.len();
+                if n == 0
+                    || d.scores.len() != n
+                    || d.boxes.len() != n
+                    || !(d.keypoints.is_empty() || d.keypoints.len() == n)
+                {
+                    return Err(invalid(
+                        "postprocess.strides".into(),
+                        "name one scores and one boxes output (and one keypoints output, or none) per stride".into(),
+                    ));
+                }
+                if d.strides.iter().any(|&s| s == 0 || s > 1024) || d.anchors == 0 || d.anchors > 64 {
+                    return Err(invalid(
+                        "postprocess.strides".into(),
+                        "strides are 1 to 1024 pixels, anchors 1 to 64 per cell".into(),
+                    ));
+                }
+            }
+            Some(PostprocessDecl::Yolo(d)) => {
+                thresholds(invalid, &[("score", d.score), ("nms_iou", d.nms_iou)], d.max_detections)?;
+            }
             _ => {}
         }
         if let Some(session) = &self.session {
@@ -134,6 +221,23 @@ impl ModelManifest {
     }
 }
 
+/// A detector's thresholds are fractions and its cap within [`MAX_DETECTIONS`].
+fn thresholds(
+    invalid: &dyn Fn(String, String) -> ManifestError,
+    fractions: &[(&str, f32)],
+    max_detections: usize,
+) -> Result<(), ManifestError> {
+    for (key, value) in fractions {
+        if !(0.0..=1.0).contains(value) {
+            return Err(invalid(format!("postprocess.{key}"), "must be between 0 and 1".into()));
+        }
+    }
+    if !(1..=MAX_DETECTIONS).contains(&max_detections) {
+        return Err(invalid("postprocess.max_detections".into(), format!("must be between 1 and {MAX_DETECTIONS}")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::ServingDecl;
@@ -153,7 +257,8 @@ mod tests {
                 queue_capacity: Some(8),
                 default_timeout_ms: Some(250),
                 max_batch_size: None,
-                max_queue_delay_us: None
+                max_queue_delay_us: None,
+                plans_by_size: None,
             }
         );
         let err = parse("[serving]\nworkers = 0").unwrap_err();
