@@ -157,6 +157,20 @@ else
     echo "== ppocr_rec, ppocr_cls, silero_vad: not fetched (python3 models/fetch.py); skipped"
 fi
 
+# Whole frames: the ppocr pipeline (PP-OCRv4 det, cls and rec) on a 1280x720 scene, and SCRFD on
+# a photo, against RapidOCR's and the scrfd package's answers (tests/fixtures/detect). One CPU:
+# a frame through three models takes minutes under qemu.
+if [ -f models/ppocr_det/model.onnx ] && [ -f models/scrfd/model.onnx ]; then
+    cpu=${cpus[-1]}
+    echo "== ppocr and scrfd (whole frames) under qemu -cpu $cpu"
+    infer_arm "$cpu" "$work/ppocr-$cpu.json" ppocr --models models --input tests/fixtures/detect/ocr/scene-01.jpg || failed=1
+    python3 cross/golden.py compare-detect ppocr scene-01.jpg "$work/ppocr-$cpu.json" || failed=1
+    infer_arm "$cpu" "$work/scrfd-$cpu.json" scrfd --models models --input tests/fixtures/detect/scrfd/faces-02.jpg || failed=1
+    python3 cross/golden.py compare-detect scrfd faces-02.jpg "$work/scrfd-$cpu.json" || failed=1
+else
+    echo "== ppocr, scrfd: not fetched (python3 models/fetch.py); skipped"
+fi
+
 echo "== MQTT round trip: the ARM daemon (qemu -cpu ${cpus[-1]}) against a private mosquitto"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n' "$port" >"$work/mosquitto.conf"

@@ -19,6 +19,9 @@ CPU), so its answers are compared with a tolerance per output, stated here next 
                                                    label, equals onnxruntime's (tests/fixtures/pack/ocr.json)
     golden.py compare-vad ARM.json                 silero_vad's probabilities for the whole WAV within
                                                    1e-4 of onnxruntime's (tests/fixtures/pack/vad.json)
+    golden.py compare-detect ppocr|scrfd FRAME ARM.json
+                                                   a whole frame's lines (RapidOCR's) or faces (the scrfd
+                                                   package's) found again (tests/fixtures/detect)
 
 Standard library only: this runs on any build machine with Python 3.
 """
@@ -174,6 +177,45 @@ def compare_vad(arm_path):
     return 0 if ok else 1
 
 
+def iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def compare_detect(model, frame, arm_path):
+    """ppocr: every line RapidOCR read, read the same (spaces aside) in a box of IoU >= 0.8;
+    scrfd: every face the scrfd package found, in a box of IoU >= 0.95, its score within 1e-3."""
+    arm = json.loads(Path(arm_path).read_text())
+    boxes = flat(arm, "boxes")
+    boxes = [boxes[i:i + 4] for i in range(0, len(boxes), 4)]
+    failed = 0
+    if model == "ppocr":
+        scenes = json.loads((FIXTURES / "detect" / "ocr" / "rapidocr.json").read_text())["scenes"]
+        expected = next(s for s in scenes if s["file"] == frame)["lines"]
+        texts = flat(arm, "text")
+        for line in expected:
+            best = max(range(len(boxes)), key=lambda i: iou(line["box"], boxes[i]), default=None)
+            got = texts[best] if best is not None else None
+            ok = best is not None and iou(line["box"], boxes[best]) >= 0.8 and \
+                got.replace(" ", "") == line["text"].replace(" ", "")
+            failed |= not ok
+            print(f"  {'ok  ' if ok else 'FAIL'} ppocr {frame}: {got!r} (RapidOCR {line['text']!r})")
+    else:
+        images = json.loads((FIXTURES / "detect" / "scrfd" / "reference.json").read_text())["images"]
+        expected = next(i for i in images if i["file"] == frame)["faces"]
+        scores = flat(arm, "scores")
+        ok = len(boxes) == len(expected)
+        for face in expected:
+            best = max(range(len(boxes)), key=lambda i: iou(face["box"], boxes[i]), default=None)
+            ok = ok and best is not None and iou(face["box"], boxes[best]) >= 0.95 and \
+                abs(scores[best] - face["score"]) <= 1e-3
+        failed |= not ok
+        print(f"  {'ok  ' if ok else 'FAIL'} scrfd {frame}: {len(boxes)} faces (the scrfd package {len(expected)})")
+    return 1 if failed else 0
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "request":
         golden(argv[1])
@@ -190,6 +232,8 @@ def main(argv):
         return media_lines()
     if len(argv) == 5 and argv[0] == "compare-ocr":
         return compare_ocr(*argv[1:])
+    if len(argv) == 4 and argv[0] == "compare-detect":
+        return compare_detect(*argv[1:])
     if len(argv) == 2 and argv[0] == "compare-vad":
         return compare_vad(argv[1])
     sys.exit(__doc__)

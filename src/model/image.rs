@@ -12,7 +12,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use tract_core::prelude::Tensor;
 
-use super::manifest::{ColorOrder, ImageDecl, Layout, LimitType, ResizeMode};
+use super::manifest::{ColorOrder, ImageDecl, Interpolation, Layout, LimitType, ResizeMode};
 
 /// Largest image side accepted, whatever the pixel count.
 const MAX_SIDE: u32 = 8192;
@@ -177,7 +177,7 @@ impl ImageTarget {
         let pixels = if (new_w, new_h) == (w as usize, h as usize) {
             rgb.as_raw().as_slice()
         } else {
-            resized = resize(rgb.as_raw(), w, h, new_w as u32, new_h as u32);
+            resized = resize(rgb.as_raw(), w, h, new_w as u32, new_h as u32, self.decl.interpolation);
             &resized
         };
         let (th, tw) = (self.height.unwrap_or(new_h), self.width.unwrap_or(new_w));
@@ -323,11 +323,15 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
     (bytes.get(12..16) == Some(b"IHDR")).then(|| field(16).zip(field(20))).flatten()
 }
 
-/// Bilinear (triangle-filter convolution, as Pillow's BILINEAR) resize of packed RGB pixels.
-fn resize(rgb: &[u8], w: u32, h: u32, new_w: u32, new_h: u32) -> Vec<u8> {
+/// Resize of packed RGB pixels: bilinear (triangle-filter convolution, as Pillow's BILINEAR) or nearest.
+fn resize(rgb: &[u8], w: u32, h: u32, new_w: u32, new_h: u32, interpolation: Interpolation) -> Vec<u8> {
     let src = ImageRef::new(w, h, rgb, PixelType::U8x3).expect("buffer is w*h*3 bytes");
     let mut dst = Image::new(new_w, new_h, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let algorithm = match interpolation {
+        Interpolation::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+        Interpolation::Nearest => ResizeAlg::Nearest,
+    };
+    let options = ResizeOptions::new().resize_alg(algorithm);
     Resizer::new().resize(&src, &mut dst, &options).expect("same pixel type on both sides");
     dst.into_vec()
 }
@@ -342,6 +346,7 @@ mod tests {
             resize,
             color,
             layout,
+            interpolation: Interpolation::Bilinear,
             scale: 1.0 / 255.0,
             mean: [0.5; 3],
             std: [0.5; 3],

@@ -81,6 +81,9 @@ pub struct ImageDecl {
     pub color: ColorOrder,
     #[serde(default)]
     pub layout: Layout,
+    /// How pixels are resampled when resizing.
+    #[serde(default)]
+    pub interpolation: Interpolation,
     /// Each 0-255 pixel value is first multiplied by this.
     #[serde(default = "one_over_255")]
     pub scale: f32,
@@ -146,6 +149,17 @@ pub enum ResizeMode {
     /// are -1): keep the aspect ratio, scale by `limit_type`/`limit_side_len`, round each side to
     /// a multiple of `size_multiple`.
     LimitSide,
+}
+
+/// Resampling filter of a resize.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    /// Pillow's BILINEAR (a triangle filter, which also averages when shrinking).
+    #[default]
+    Bilinear,
+    /// Pillow's NEAREST: what some detectors' own code resizes with (the `scrfd` package).
+    Nearest,
 }
 
 /// Channel order the model was trained with (OpenCV-based models use BGR).

@@ -345,7 +345,9 @@ mod tests {
             let (c, s) = (angle.cos(), angle.sin());
             let us: Vec<f64> = points.iter().map(|p| p.x * c + p.y * s).collect();
             let vs: Vec<f64> = points.iter().map(|p| -p.x * s + p.y * c).collect();
-            let extent = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max) - v.iter().copied().fold(f64::INFINITY, f64::min);
+            let extent = |v: &[f64]| {
+                v.iter().copied().fold(f64::NEG_INFINITY, f64::max) - v.iter().copied().fold(f64::INFINITY, f64::min)
+            };
             assert!(area <= extent(&us) * extent(&vs) + 1e-6, "{area} at {angle}");
         }
         // Every point inside (or on) the rectangle.
