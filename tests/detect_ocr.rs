@@ -211,6 +211,9 @@ fn png_of(image: &image::RgbImage) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A request of the bad-frames test: id, topic, payload, Content Type, User Properties.
+type Case<'a> = (&'a str, &'a str, Vec<u8>, &'a str, Vec<(&'a str, &'a str)>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_with_nothing_to_find_or_too_much_get_clear_answers_and_the_daemon_keeps_serving() {
     let reference = reference();
@@ -241,7 +244,7 @@ async fn frames_with_nothing_to_find_or_too_much_get_clear_answers_and_the_daemo
     let zeros = vec!["0"; 3 * 64 * 64].join(",");
     let tensor_request =
         format!(r#"{{"inputs":[{{"name":"x","shape":[1,3,64,64],"datatype":"FP32","data":[{zeros}]}}]}}"#);
-    let cases: Vec<(&str, &str, Vec<u8>, &str, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         ("one pixel", &ppocr, png_of(&image::RgbImage::new(1, 1)), "image/png", vec![]),
         (
             "blank",

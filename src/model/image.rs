@@ -16,6 +16,9 @@ use super::manifest::{ColorOrder, ImageDecl, Interpolation, Layout, LimitType, R
 
 /// Largest image side accepted, whatever the pixel count.
 const MAX_SIDE: u32 = 8192;
+/// Largest side of a frame resized for a detector that takes any size (`limit_side`): what a
+/// sliver of a frame would otherwise be scaled up to is bounded (4096 x 736 x 3 FP32 = 36 MB).
+const MAX_ANY_SIZE_SIDE: usize = 4096;
 /// How long a decode waits for its share of the decode budget before the request is `busy`.
 const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
@@ -208,6 +211,8 @@ impl ImageTarget {
                     LimitType::Max if (w.max(h) as f64) > limit => limit / w.max(h) as f64,
                     _ => 1.0,
                 };
+                // A sliver (8192 x 1) brought up to 736 high would be millions of pixels wide.
+                let ratio = ratio.min(MAX_ANY_SIZE_SIDE as f64 / w.max(h) as f64);
                 // PaddleOCR's DetResizeForTest: truncate, then round to the multiple (at least one).
                 let multiple = f64::from(d.size_multiple);
                 let side = |v: usize| {
@@ -407,6 +412,9 @@ mod tests {
         // 1920x1080 is left alone but for the rounding: 1080 -> 1088.
         assert_eq!(target.resized_size(1920, 1080), (1920, 1088));
         assert_eq!(target.resized_size(1, 1), (736, 736));
+        // A sliver is not scaled up past 4096 pixels a side.
+        assert_eq!(target.resized_size(8192, 1), (4096, 32));
+        assert_eq!(target.resized_size(3, 2000), (32, 4096));
         d.limit_type = LimitType::Max;
         d.limit_side_len = 960;
         let target = ImageTarget::new(&d, &[1, 3, -1, -1]).unwrap();

@@ -119,10 +119,9 @@ fn upright_crop(frame: &RgbImage, detection: &Detection) -> RgbImage {
     let (w, h) = (width as f32, height as f32);
     let corners = p.map(|[x, y]| (x, y));
     let mut crop = RgbImage::new(width, height);
-    match Projection::from_control_points(corners, [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]) {
-        Some(projection) => warp_into(frame, projection, Interpolation::Bicubic, Border::Replicate, &mut crop),
-        // Three corners in a line: nothing to read, a blank crop reads as nothing.
-        None => {}
+    // No projection when three corners are in a line: nothing to read, and a blank crop reads as nothing.
+    if let Some(projection) = Projection::from_control_points(corners, [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]) {
+        warp_into(frame, projection, Interpolation::Bicubic, Border::Replicate, &mut crop);
     }
     if height as f32 / width as f32 >= 1.5 {
         crop = rotate270(&crop);

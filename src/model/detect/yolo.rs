@@ -38,7 +38,8 @@ pub(crate) fn objects(
         let (class, score) = (first_class..fields)
             .map(|f| (f - first_class, objectness * at(i, f)))
             .fold((0, f32::NEG_INFINITY), |best, c| if c.1 > best.1 { c } else { best });
-        if !(score > min_score) {
+        // Strictly above, as Ultralytics; a NaN score is never kept.
+        if score.partial_cmp(&min_score) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         let (cx, cy, w, h) = (at(i, 0), at(i, 1), at(i, 2), at(i, 3));
