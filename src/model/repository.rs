@@ -55,6 +55,12 @@ impl ModelRepository {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Neither a model file nor a model.toml: a directory of something else (scripts,
+            // examples in sub-directories, such as models/yolo_synthetic).
+            if !entry.path().join("model.onnx").exists() && !entry.path().join("model.toml").exists() {
+                tracing::debug!(directory = %entry.path().display(), "skipped: no model.onnx or model.toml");
+                continue;
+            }
             if is_valid_model_name(&name) {
                 names.push(name);
             } else if !name.starts_with('.') {
