@@ -100,9 +100,16 @@ fn rows(tensor: &Tensor, keep: &[bool]) -> TractResult<Tensor> {
         .filter(|(_, &k)| k)
         .map(|(i, _)| tensor.slice(0, i, i + 1))
         .collect::<TractResult<_>>()?;
-    match parts.is_empty() {
-        true => tensor.slice(0, 0, 0),
-        false => Tensor::stack_tensors(0, &parts),
+    if !parts.is_empty() {
+        return Tensor::stack_tensors(0, &parts);
+    }
+    // None kept: no rows, the same columns.
+    let mut shape = tensor.shape().to_vec();
+    shape[0] = 0;
+    if tensor.datum_type() == String::datum_type() {
+        tensor_of::<String>(&shape, Vec::new())
+    } else {
+        Tensor::zero_dt(tensor.datum_type(), &shape)
     }
 }
 
@@ -257,5 +264,48 @@ impl Model {
             session: None,
             pipeline: Some(pipeline),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use image::Rgb;
+
+    use super::*;
+
+    fn region(polygon: [[f32; 2]; 4]) -> Detection {
+        Detection { bbox: [0.0; 4], polygon: Some(polygon), keypoints: Vec::new(), label: None, score: 1.0 }
+    }
+
+    #[test]
+    fn a_region_is_cut_out_upright_at_its_own_size() {
+        // A frame whose left half is black and right half white; the region spans both.
+        let frame = RgbImage::from_fn(40, 20, |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+        let crop = upright_crop(&frame, &region([[10.0, 5.0], [30.0, 5.0], [30.0, 15.0], [10.0, 15.0]]));
+        assert_eq!(crop.dimensions(), (20, 10));
+        assert_eq!(crop.get_pixel(2, 5), &Rgb([0, 0, 0]));
+        assert_eq!(crop.get_pixel(17, 5), &Rgb([255, 255, 255]));
+        // Much higher than wide: vertical text, turned a quarter left (the left column becomes the bottom row).
+        let tall = upright_crop(&frame, &region([[15.0, 0.0], [25.0, 0.0], [25.0, 20.0], [15.0, 20.0]]));
+        assert_eq!(tall.dimensions(), (20, 10));
+        assert_eq!(tall.get_pixel(10, 9), &Rgb([0, 0, 0]));
+        assert_eq!(tall.get_pixel(10, 0), &Rgb([255, 255, 255]));
+    }
+
+    #[test]
+    fn an_orientation_label_turns_the_crop_and_rows_keep_what_is_marked() {
+        let mut crop = RgbImage::from_fn(2, 1, |x, _| Rgb([x as u8, 0, 0]));
+        turn(&mut crop, "180");
+        assert_eq!(crop.get_pixel(0, 0), &Rgb([1, 0, 0]));
+        turn(&mut crop, "0");
+        assert_eq!(crop.get_pixel(0, 0), &Rgb([1, 0, 0]));
+        let t = Tensor::from_shape(&[3, 2], &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let kept = rows(&t, &[true, false, true]).unwrap();
+        assert_eq!(kept.shape(), &[2, 2]);
+        assert_eq!(elements::<f32>(&kept).unwrap(), &[1.0, 2.0, 5.0, 6.0]);
+        assert_eq!(rows(&t, &[false, false, false]).unwrap().shape(), &[0, 2]);
+        let texts = tensor_of(&[2], vec!["a".to_string(), "b".to_string()]).unwrap();
+        assert_eq!(elements::<String>(&rows(&texts, &[false, true]).unwrap()).unwrap(), ["b"]);
+        assert_eq!(rows(&texts, &[false, false]).unwrap().shape(), &[0]);
     }
 }
