@@ -16,7 +16,7 @@ use imageproc::geometry::{arc_length, contour_area, convex_hull};
 use imageproc::morphology::{grayscale_dilate, Mask};
 use imageproc::point::Point;
 
-use super::{Detection, Found, Thresholds, MAX_DETECTIONS};
+use super::{Applied, Detection, Found, Thresholds};
 use crate::model::image::ImageGeometry;
 use crate::model::manifest::DbDecl;
 
@@ -32,8 +32,8 @@ pub(crate) fn regions(
     over: &Thresholds,
     geometry: &ImageGeometry,
 ) -> Found {
-    let min_score = over.score.unwrap_or(decl.score);
-    let cap = over.max_detections.map_or(decl.max_detections, |n| n as usize).min(MAX_DETECTIONS);
+    let Applied { score: min_score, max_detections: cap, .. } =
+        Applied::new(over, decl.score, 0.0, decl.max_detections);
     let mut mask = GrayImage::from_fn(w as u32, h as u32, |x, y| {
         Luma([if prob[y as usize * w + x as usize] > decl.thresh { 255 } else { 0 }])
     });

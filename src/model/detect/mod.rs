@@ -18,6 +18,26 @@ use crate::tensors::tensor_of;
 /// of noise.
 pub const MAX_DETECTIONS: usize = 10_000;
 
+/// The thresholds one request runs with: its own where it set them, else the model's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Applied {
+    pub score: f32,
+    pub nms_iou: f32,
+    /// At most [`MAX_DETECTIONS`].
+    pub max_detections: usize,
+}
+
+impl Applied {
+    /// `nms_iou` is unused by a detector without NMS (`db`).
+    pub(crate) fn new(request: &Thresholds, score: f32, nms_iou: f32, max_detections: usize) -> Applied {
+        Applied {
+            score: request.score.unwrap_or(score),
+            nms_iou: request.nms_iou.unwrap_or(nms_iou),
+            max_detections: request.max_detections.map_or(max_detections, |n| n as usize).min(MAX_DETECTIONS),
+        }
+    }
+}
+
 /// One region found in a frame, in image pixels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {

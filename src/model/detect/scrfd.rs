@@ -5,7 +5,7 @@
 //! (areas counting edge pixels, as the reference does). Boxes are not clipped to the frame: a
 //! face cut by the edge keeps its full extent, as SCRFD's own code gives it.
 
-use super::{best, nms, Detection, Found, Thresholds, MAX_DETECTIONS};
+use super::{best, nms, Applied, Detection, Found, Thresholds, MAX_DETECTIONS};
 use crate::model::image::ImageGeometry;
 use crate::model::manifest::ScrfdDecl;
 
@@ -24,9 +24,8 @@ pub(crate) fn faces(
     thresholds: &Thresholds,
     geometry: &ImageGeometry,
 ) -> Found {
-    let min_score = thresholds.score.unwrap_or(decl.score);
-    let iou = thresholds.nms_iou.unwrap_or(decl.nms_iou);
-    let max = thresholds.max_detections.map_or(decl.max_detections, |n| n as usize).min(MAX_DETECTIONS);
+    let Applied { score: min_score, nms_iou: iou, max_detections: max } =
+        Applied::new(thresholds, decl.score, decl.nms_iou, decl.max_detections);
     let back = |x: f32, y: f32| [x / geometry.scale_x, y / geometry.scale_y];
     let mut candidates = Vec::new();
     for (level, &stride) in levels.iter().zip(&decl.strides) {

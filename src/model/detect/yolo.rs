@@ -4,7 +4,7 @@
 //! times its probability). Each candidate's best class scoring above the threshold is kept, then
 //! NMS per class; boxes go back to the frame's pixels, clipped to it.
 
-use super::{best, nms, Detection, Found, Thresholds, MAX_DETECTIONS};
+use super::{best, nms, Applied, Detection, Found, Thresholds, MAX_DETECTIONS};
 use crate::model::image::ImageGeometry;
 use crate::model::manifest::{YoloDecl, YoloVersion};
 
@@ -16,9 +16,8 @@ pub(crate) fn objects(
     thresholds: &Thresholds,
     geometry: &ImageGeometry,
 ) -> Found {
-    let min_score = thresholds.score.unwrap_or(decl.score);
-    let iou = thresholds.nms_iou.unwrap_or(decl.nms_iou);
-    let max = thresholds.max_detections.map_or(decl.max_detections, |n| n as usize).min(MAX_DETECTIONS);
+    let Applied { score: min_score, nms_iou: iou, max_detections: max } =
+        Applied::new(thresholds, decl.score, decl.nms_iou, decl.max_detections);
     let (candidates, fields) = match decl.version {
         YoloVersion::V8 => (shape[2], shape[1]),
         YoloVersion::V5 => (shape[1], shape[2]),
