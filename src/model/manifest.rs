@@ -480,7 +480,8 @@ impl ServingDecl {
 pub struct TensorDecl {
     pub name: String,
     pub datatype: DataType,
-    /// Concrete dimensions; only the first may be `-1` (any batch size).
+    /// Concrete dimensions; only the first may be `-1` (any batch size), and the height and width
+    /// of an image input with `resize = "limit_side"` (any frame size).
     pub shape: Vec<i64>,
     /// Makes the input a constant of these values (row-major): clients do not send it, and tract
     /// can fold away what depends on it, such as an `If` on a sample rate whose branches it could
