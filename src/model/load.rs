@@ -50,9 +50,7 @@ impl Model {
         dictionary: Option<Vec<String>>,
         cache: Option<&ModelCache>,
     ) -> Result<Model, LoadError> {
-        let tract = |stage: &'static str| {
-            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
-        };
+        let tract = |stage| tract_failed(name, stage);
         let entry = cache.and_then(|cache| cache.entry(name, onnx));
         if let Some(cached) = entry.as_ref().and_then(|entry| entry.load()) {
             return Model::from_decluttered(name, cached, manifest, labels, dictionary);
@@ -93,9 +91,7 @@ impl Model {
         labels: Option<Vec<String>>,
         dictionary: Option<Vec<String>>,
     ) -> Result<Model, LoadError> {
-        let tract = |stage: &'static str| {
-            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
-        };
+        let tract = |stage| tract_failed(name, stage);
         let cache::CachedModel { typed, inputs, output_names } = decluttered;
         let sizes = plans::batch_sizes(&inputs, manifest.serving.max_batch_size);
         let fixed =
@@ -121,9 +117,7 @@ impl Model {
         labels: Option<Vec<String>>,
         dictionary: Option<Vec<String>>,
     ) -> Result<Model, LoadError> {
-        let tract = |stage: &'static str| {
-            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
-        };
+        let tract = |stage| tract_failed(name, stage);
         let shape = |side: usize| -> Vec<usize> {
             inputs[by_size.input].shape.iter().map(|&d| if d < 0 { side } else { d as usize }).collect()
         };
@@ -156,9 +150,7 @@ impl Model {
         labels: Option<Vec<String>>,
         dictionary: Option<Vec<String>>,
     ) -> Result<Model, LoadError> {
-        let tract = |stage: &'static str| {
-            move |e: TractError| LoadError::Tract { model: name.to_string(), stage, source: e.into() }
-        };
+        let tract = |stage| tract_failed(name, stage);
         let preprocess = resolve_preprocess(name, manifest, &inputs)?;
         let names = match &manifest.postprocess {
             Some(manifest::PostprocessDecl::Ctc(_)) => dictionary,
@@ -204,6 +196,11 @@ impl Model {
         model.plans.check(|batch| model.zero_inputs(batch)).map_err(tract("run the model on zeros"))?;
         Ok(model)
     }
+}
+
+/// The error for tract failing at `stage` of loading `model`, its cause kept.
+fn tract_failed<'a>(model: &'a str, stage: &'static str) -> impl FnOnce(TractError) -> LoadError + 'a {
+    move |e| LoadError::Tract { model: model.to_string(), stage, source: e.into() }
 }
 
 /// Gives every graph input a concrete datatype and shape (a leading batch dimension may stay
