@@ -50,27 +50,19 @@ pub fn decode_media(
         Ok(media) => media,
         Err(e) => return Some(Err(fail(e))),
     };
-    let timeout = match property("timeout_ms").map(|v| v.trim().parse::<u64>().map_err(|_| MediaError::Timeout(v))) {
-        Some(Ok(ms)) => Some(Duration::from_millis(ms)),
-        Some(Err(e)) => return Some(Err(fail(e))),
-        None => None,
+    let numbers = (|| {
+        Ok::<_, MediaError>((
+            parsed::<u64>(property("timeout_ms"), MediaError::Timeout)?,
+            parsed::<f32>(property("score"), MediaError::Score)?,
+            parsed::<u64>(property("max_detections"), MediaError::MaxDetections)?,
+            parsed::<f32>(property("nms_iou"), MediaError::Score)?,
+        ))
+    })();
+    let (timeout_ms, score, max_detections, nms_iou) = match numbers {
+        Ok(numbers) => numbers,
+        Err(e) => return Some(Err(fail(e))),
     };
-    let score = match property("score").map(|v| v.trim().parse::<f32>().map_err(|_| MediaError::Score(v))) {
-        Some(Ok(score)) => Some(score),
-        Some(Err(e)) => return Some(Err(fail(e))),
-        None => None,
-    };
-    let max_detections =
-        match property("max_detections").map(|v| v.trim().parse::<u64>().map_err(|_| MediaError::MaxDetections(v))) {
-            Some(Ok(n)) => Some(n),
-            Some(Err(e)) => return Some(Err(fail(e))),
-            None => None,
-        };
-    let nms_iou = match property("nms_iou").map(|v| v.trim().parse::<f32>().map_err(|_| MediaError::Score(v))) {
-        Some(Ok(iou)) => Some(iou),
-        Some(Err(e)) => return Some(Err(fail(e))),
-        None => None,
-    };
+    let timeout = timeout_ms.map(Duration::from_millis);
     let outputs = property("outputs").map(|list| {
         list.split(',')
             .map(str::trim)
@@ -88,6 +80,14 @@ pub fn decode_media(
         media: Some(media),
         thresholds: Thresholds { score, max_detections, nms_iou },
     }))
+}
+
+/// A user property's number, when there is one; `error` names the property in the refusal.
+fn parsed<T: std::str::FromStr>(
+    value: Option<String>,
+    error: fn(String) -> MediaError,
+) -> Result<Option<T>, MediaError> {
+    value.map(|v| v.trim().parse::<T>().map_err(|_| error(v))).transpose()
 }
 
 fn audio(content_type: &str, params: &[(String, &str)], payload: &[u8]) -> Result<Media, MediaError> {
