@@ -15,6 +15,8 @@ pub struct Config {
     pub topics: TopicsConfig,
     pub models: ModelsConfig,
     pub requests: RequestsConfig,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// How to reach and authenticate to the MQTT broker.
@@ -117,6 +119,46 @@ impl ModelsConfig {
     pub fn cache_dir(&self) -> Option<&Path> {
         self.cache_dir.as_deref().filter(|dir| !dir.as_os_str().is_empty())
     }
+}
+
+/// Operating the board over MQTT (README: "Operating a fleet"): model deployments, version
+/// switches, health checks. Off by default; who may publish to the admin topics is the broker's
+/// ACL's business, and every deployment must be signed by a trusted key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Subscribe to `<base>/<device>/admin/+` and `<base>/fleet/admin/+`.
+    pub enabled: bool,
+    /// Public keys (`edgeinfer keygen` writes `KEY.pub`) whose signatures deployments may carry.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Deployed model versions, the active one per model, and packages being received. The
+    /// unit's StateDirectory= is `/var/lib/edgeinfer`.
+    pub state_dir: PathBuf,
+    /// The largest package accepted; a package being received takes this much disk at most, and
+    /// a board holds at most two versions of a model besides.
+    pub max_package_bytes: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            trusted_keys: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/edgeinfer"),
+            max_package_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// Numbers for monitoring systems, beside the retained stats topic.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus' text format at `http://<listen>/metrics`, e.g. `127.0.0.1:9108`. Unset: off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Publish Home Assistant MQTT discovery configs (retained) for each model's request rate and
+    /// the board's status.
+    pub homeassistant: bool,
 }
 
 /// Limits on requests: what is accepted, how much may wait, how long the daemon waits at shutdown.
@@ -325,6 +367,21 @@ impl Config {
         }
         if r.workers > 256 {
             return invalid("requests.workers", "at most 256 (0 = one per core)".into());
+        }
+        let a = &self.admin;
+        if a.enabled && a.trusted_keys.is_empty() {
+            return invalid(
+                "admin.trusted_keys",
+                "admin.enabled needs at least one public key to check deployments against (edgeinfer keygen)".into(),
+            );
+        }
+        for key in &a.trusted_keys {
+            if let Err(e) = crate::package::PublicKey::read(key) {
+                return invalid("admin.trusted_keys", e.to_string());
+            }
+        }
+        if a.enabled && a.max_package_bytes < 1024 {
+            return invalid("admin.max_package_bytes", "must be at least 1024".into());
         }
         if r.lone_request_threads > 256 {
             return invalid("requests.lone_request_threads", "at most 256 (0 = one per core, 1 = off)".into());

@@ -15,7 +15,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::model::{InputError, ModelRepository};
+use crate::admin::AdminRequest;
+use crate::model::InputError;
 use crate::mqtt::connection::Incoming;
 use crate::mqtt::publisher::Command;
 use crate::mqtt::redelivery::{Delivery, Recent, Seen};
@@ -35,7 +36,6 @@ pub struct Dispatcher {
     pub topics: Topics,
     pub reply_rules: ReplyRules,
     pub outbox: Arc<Outbox>,
-    pub repository: ModelRepository,
     pub scheduler: Scheduler<ReplyTo>,
     pub max_payload_bytes: usize,
     pub default_timeout: Option<Duration>,
@@ -49,6 +49,8 @@ pub struct Dispatcher {
     pub persistent_session: bool,
     /// QoS 1 requests accepted recently, to know the broker's redeliveries.
     pub recent: Arc<Recent>,
+    /// The admin thread's queue, when `admin.enabled`.
+    pub admin: Option<mpsc::Sender<AdminRequest>>,
 }
 
 /// What became of a message's acknowledgement.
@@ -142,6 +144,10 @@ impl Dispatcher {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             return Acked::Now;
         };
+        if let (Some(op), Some(admin)) = (self.topics.admin_op_of(topic), &self.admin) {
+            self.admin_request(op, publish, admin).await;
+            return Acked::Now;
+        }
         let Some(model_name) = self.topics.model_of(topic) else {
             tracing::debug!(topic = %Untrusted(topic), "ignored a message on a topic that is not a request topic");
             return Acked::Now;
@@ -215,10 +221,10 @@ impl Dispatcher {
             return Acked::Never;
         }
         let refuse = |refusal: Refusal| refusal.reply(&reply, identity.id.as_deref(), model_name);
-        let Some(model) = self.repository.get(model_name) else {
-            let refusal =
-                Refusal::UnknownModel { name: Untrusted(model_name).to_string(), served: self.repository.names() };
-            return self.send(refuse(refusal)).await;
+        let unknown =
+            || Refusal::UnknownModel { name: Untrusted(model_name).to_string(), served: self.scheduler.names() };
+        let Some(model) = self.scheduler.model(model_name) else {
+            return self.send(refuse(unknown())).await;
         };
         let mut inputs = match contained(|| model.prepare(&mut decoded)) {
             Ok(Ok(inputs)) => inputs,
@@ -253,6 +259,21 @@ impl Dispatcher {
             Err(Rejected::ShuttingDown(job)) => {
                 self.send(Refusal::ShuttingDown.reply(&job.reply, job.id.as_deref(), model_name)).await
             }
+            Err(Rejected::Unloaded(job)) => self.send(unknown().reply(&job.reply, job.id.as_deref(), model_name)).await,
+        }
+    }
+
+    /// Hands an admin message to the admin thread (acknowledged at once: operations are
+    /// idempotent, and a client that gets no reply asks again).
+    async fn admin_request(&self, op: &str, publish: &Publish, admin: &mpsc::Sender<AdminRequest>) {
+        if publish.retain {
+            // A retained operation would be carried out again on every reconnect.
+            tracing::warn!(op = %Untrusted(op), "ignored a retained admin message (publish it without the retain flag)");
+            return;
+        }
+        let request = AdminRequest { op: op.to_string(), publish: publish.clone() };
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = admin.try_send(request) {
+            tracing::warn!(op = %Untrusted(op), "admin message dropped: {} are waiting already", crate::admin::QUEUE);
         }
     }
 

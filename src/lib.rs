@@ -8,15 +8,19 @@
 //! - [`scheduler`]: bounded per-model queues and inference threads;
 //! - [`model`]: ONNX -> tract plan, pre/post-processing and sessions, the model repository, `inspect`;
 //!
-//! with [`daemon`] wiring them together, [`config`] for the settings, [`stats`] for the request
+//! beside them [`admin`], operating the board over MQTT (deployments of [`package`]s, version
+//! switches, health), with [`daemon`] wiring them together, [`config`] for the settings, [`stats`] for the request
 //! counts operators read, [`systemd`] for the service manager and [`client`] for callers.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub(crate) mod dispatch;
+pub mod fleet;
 pub mod model;
 pub mod mqtt;
+pub mod package;
 mod panics;
 pub mod protocol;
 pub mod report;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -91,11 +91,12 @@ impl Counters {
     }
 }
 
-/// Every model's counters, fixed at start.
+/// Every model's counters: the models served at start, and those deployed since (a model's
+/// counts go on across its versions, and stay after it is unloaded).
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
-    models: BTreeMap<String, Arc<Counters>>,
+    models: RwLock<BTreeMap<String, Arc<Counters>>>,
     other: Arc<Counters>,
 }
 
@@ -137,22 +138,29 @@ impl Stats {
     pub fn new(models: &[String]) -> Stats {
         Stats {
             started: Instant::now(),
-            models: models.iter().map(|m| (m.clone(), Arc::default())).collect(),
+            models: RwLock::new(models.iter().map(|m| (m.clone(), Arc::default())).collect()),
             other: Arc::default(),
         }
     }
 
     /// The counters a reply for `model` goes to.
     pub fn for_model(&self, model: &str) -> Arc<Counters> {
-        self.models.get(model).unwrap_or(&self.other).clone()
+        self.models.read().expect("stats lock").get(model).unwrap_or(&self.other).clone()
+    }
+
+    /// Counts `model`'s requests on their own from now on (a model deployed after start). Only
+    /// names of models that loaded come here, never names from requests.
+    pub fn add_model(&self, model: &str) {
+        self.models.write().expect("stats lock").entry(model.to_string()).or_default();
     }
 
     /// The JSON published at the stats topic; `gauges` gives each model's current levels.
     pub fn to_json(&self, device: &str, gauges: impl Fn(&str) -> Gauges) -> Vec<u8> {
+        let models = self.models.read().expect("stats lock");
         let snapshot = Snapshot {
             device,
             uptime_secs: self.started.elapsed().as_secs(),
-            models: self.models.iter().map(|(name, c)| (name.as_str(), c.snapshot(gauges(name)))).collect(),
+            models: models.iter().map(|(name, c)| (name.as_str(), c.snapshot(gauges(name)))).collect(),
             other: self.other.snapshot(Gauges::default()),
         };
         serde_json::to_vec(&snapshot).expect("stats serialise")

@@ -52,8 +52,13 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     };
     let prepared = model.prepare(&mut request)?;
     let answer = model.answer(prepared)?;
-    let reply =
-        encode_response(model.name(), request.identity.id.as_deref(), answer.parameters.as_ref(), &answer.tensors())?;
+    let reply = encode_response(
+        model.name(),
+        Some(model.version()),
+        request.identity.id.as_deref(),
+        answer.parameters.as_ref(),
+        &answer.tensors(),
+    )?;
     let shown = decode_reply(&reply.payload, reply.header_len)?;
     match reply.header_len {
         // JSON replies are printed as they came, field order included.

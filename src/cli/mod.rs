@@ -10,10 +10,13 @@ macro_rules! outln {
 }
 
 mod bench;
+mod fleet;
 mod infer;
 mod inspect;
+mod keygen;
 mod loadgen;
 mod models;
+mod package;
 mod request;
 mod serve;
 
@@ -46,6 +49,13 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Load-test a running daemon over MQTT: closed or open loop, latency, throughput, errors by kind.
     Loadgen(loadgen::LoadgenArgs),
+    /// Write a key pair for signing model packages.
+    Keygen(keygen::KeygenArgs),
+    /// Make a signed package of a model directory, for `fleet deploy`.
+    #[command(disable_version_flag = true)]
+    Package(package::PackageArgs),
+    /// Operate boards over MQTT: status, deployments with canaries, rollbacks.
+    Fleet(fleet::FleetArgs),
 }
 
 /// Where the configuration comes from; flags override the file, the file overrides the defaults.
@@ -90,6 +100,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Package(args) => package::run(args),
+        Command::Fleet(args) => fleet::run(args),
     }
 }
 

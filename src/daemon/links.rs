@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::mqtt::connection::{Connection, Incoming, OnConnect};
+use crate::mqtt::connection::{Connection, Incoming, OnConnect, Retained};
 use crate::mqtt::options::{mqtt_options, SetupError};
 use crate::mqtt::reply::ReplyLimits;
 use crate::mqtt::{status, Topics};
@@ -59,12 +59,13 @@ struct Fleet {
 
 impl Broker {
     /// Starts the links; each subscribes (and the board's publishes `retained`) on every CONNACK,
-    /// and `connected` follows the board's link.
+    /// and `connected` follows the board's link. The board's link also subscribes to `admin`.
     pub fn connect(
         config: &Config,
         topics: &Topics,
         links: &Links,
-        retained: Vec<(String, Vec<u8>)>,
+        retained: Retained,
+        admin: Vec<String>,
         connected: watch::Sender<bool>,
     ) -> Result<Broker, SetupError> {
         let device = config.device();
@@ -85,8 +86,8 @@ impl Broker {
             Some(_) => vec![topics.device_filter()],
             None => topics.request_filters(),
         };
-        let connection =
-            tokio::spawn(links.connection("device", eventloop, &client, device_filters.clone(), retained, connected));
+        let filters = device_filters.iter().cloned().chain(admin).collect();
+        let connection = tokio::spawn(links.connection("device", eventloop, &client, filters, retained, connected));
         let fleet = match fleet_filter {
             Some(filter) => {
                 let mut options = mqtt_options(config, &format!("{}-fleet", config.client_id()))?;
@@ -99,7 +100,7 @@ impl Broker {
                     eventloop,
                     &fleet_client,
                     filters,
-                    vec![],
+                    Arc::new(Vec::new),
                     watch::channel(false).0,
                 ));
                 Some(Fleet { client: fleet_client, task, filter })
@@ -151,7 +152,7 @@ impl Links {
         eventloop: EventLoop,
         client: &AsyncClient,
         filters: Vec<String>,
-        retained: Vec<(String, Vec<u8>)>,
+        retained: Retained,
         connected: watch::Sender<bool>,
     ) -> impl Future<Output = ()> {
         Connection {

@@ -19,16 +19,20 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::admin::store::{Store, StoreError};
+use crate::admin::{Admin, AdminRequest};
 use crate::config::Config;
 use crate::dispatch::{count_overload, Dispatcher};
 use crate::model::repository::RepositoryError;
-use crate::model::{ModelCache, ModelRepository};
+use crate::model::{Model, ModelCache, ModelRepository};
+use crate::mqtt::connection::Retained;
 use crate::mqtt::options::SetupError;
 use crate::mqtt::publisher::{self, Command, Outgoing};
 use crate::mqtt::redelivery::Recent;
 use crate::mqtt::reply::{Outbox, ReplyLimits, ReplyTo};
 use crate::mqtt::topics::ReplyRules;
 use crate::mqtt::{status, Topics};
+use crate::package::{PackageError, PublicKey};
 use crate::report::Report;
 use crate::scheduler::{PoolConfig, Scheduler};
 use crate::stats::{Gauges, Stats};
@@ -47,16 +51,35 @@ pub enum ServeError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Mqtt(#[from] SetupError),
+    #[error("admin.state_dir: {0}")]
+    State(#[from] StoreError),
+    #[error("admin.trusted_keys: {0}")]
+    Key(#[from] PackageError),
 }
 
 /// Runs the daemon until `shutdown` completes, then stops cleanly.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let repository = load_models(&config)?;
+    let mut repository = load_models(&config)?;
+    let cache = config.models.cache_dir().map(ModelCache::new);
+    let store = match config.admin.enabled {
+        true => {
+            let store = Store::open(&config.admin.state_dir)?;
+            crate::admin::restore(&mut repository, &store, &config.models.repository, cache.as_ref());
+            Some(store)
+        }
+        false => None,
+    };
     let topics = Topics::from_config(&config);
     let device = config.device().to_string();
     let stats = Arc::new(Stats::new(&repository.names()));
     let reply_limits =
         Arc::new(ReplyLimits::new(config.requests.max_reply_bytes, config.requests.max_pending_reply_bytes));
+    let pool = PoolConfig {
+        workers_per_model: config.workers_per_model(),
+        queue_capacity: config.requests.queue_capacity,
+        lone_request_threads: config.lone_request_threads(),
+    };
+    let scheduler = Scheduler::start(&repository, pool);
 
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
     let qos0_waiting = Arc::default();
@@ -74,25 +97,27 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         broker: config.broker.url.clone(),
     };
     let (connected, connected_rx) = watch::channel(false);
-    let broker =
-        Broker::connect(&config, &topics, &links, retained_at_connect(&topics, &device, &repository), connected)?;
+    let retained: Retained = {
+        let (topics, device, scheduler) = (topics.clone(), device.clone(), scheduler.clone());
+        Arc::new(move || retained_at_connect(&topics, &device, &scheduler.models()))
+    };
+    let admin_filters = if store.is_some() { topics.admin_filters() } else { Vec::new() };
+    let broker = Broker::connect(&config, &topics, &links, retained, admin_filters, connected)?;
 
     let (replies, replies_rx) = mpsc::channel(REPLY_CAPACITY);
     let recent = Arc::new(Recent::default());
     let publisher = tokio::spawn(publisher::run(broker.client.clone(), replies_rx, recent.clone()));
-    let pool = PoolConfig {
-        workers_per_model: config.workers_per_model(),
-        queue_capacity: config.requests.queue_capacity,
-        lone_request_threads: config.lone_request_threads(),
-    };
-    let scheduler = Scheduler::start(&repository, pool);
+    let outbox = Arc::new(Outbox::new(replies.clone(), reply_limits));
     let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
+    let admin = match store {
+        Some(store) => Some(start_admin(&config, store, cache, &topics, &outbox, &scheduler, &stats, &replies)?),
+        None => None,
+    };
     tokio::spawn(
         Dispatcher {
             topics: topics.clone(),
             reply_rules: ReplyRules::from_config(&config),
-            outbox: Arc::new(Outbox::new(replies.clone(), reply_limits)),
-            repository: repository.clone(),
+            outbox,
             scheduler: scheduler.clone(),
             max_payload_bytes: config.requests.max_payload_bytes,
             default_timeout,
@@ -101,16 +126,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             qos0_waiting,
             persistent_session: broker.persistent_session(),
             recent,
+            admin,
         }
         .run(inbound_rx),
     );
     let stats_message = {
         let (stats, scheduler, topic, device) = (stats.clone(), scheduler.clone(), topics.stats(), device.clone());
-        let repository = repository.clone();
         move || {
             let gauges = |model: &str| Gauges {
                 queued: scheduler.queued(model),
-                sessions: repository.get(model).and_then(|m| m.sessions()),
+                sessions: scheduler.model(model).and_then(|m| m.sessions()),
             };
             retained_message(topic.clone(), stats.to_json(&device, gauges))
         }
@@ -119,7 +144,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let interval = Duration::from_secs(config.requests.stats_interval_secs);
         tokio::spawn(publish_every(interval, replies.clone(), stats_message.clone()));
     }
-    let serving = format!("serving {} model(s) as {device} on {}", repository.names().len(), config.broker.url);
+    let serving = format!("serving {} model(s) as {device} on {}", scheduler.names().len(), config.broker.url);
     tokio::spawn(report_connection(connected_rx, serving, config.broker.url.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
         let scheduler = scheduler.clone();
@@ -132,7 +157,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     tracing::info!(
         device = %device,
-        models = ?repository.names(),
+        models = ?scheduler.names(),
         workers_per_model = pool.workers_per_model,
         lone_request_threads = pool.lone_request_threads,
         broker = %config.broker.url,
@@ -192,10 +217,58 @@ fn load_models(config: &Config) -> Result<ModelRepository, RepositoryError> {
     Ok(repository)
 }
 
+/// Starts the admin thread (`admin.enabled`); returns its queue.
+#[allow(clippy::too_many_arguments)]
+fn start_admin(
+    config: &Config,
+    store: Store,
+    cache: Option<ModelCache>,
+    topics: &Topics,
+    outbox: &Arc<Outbox>,
+    scheduler: &Scheduler<ReplyTo>,
+    stats: &Arc<Stats>,
+    replies: &mpsc::Sender<Command>,
+) -> Result<mpsc::Sender<AdminRequest>, ServeError> {
+    let trusted = config.admin.trusted_keys.iter().map(|path| PublicKey::read(path)).collect::<Result<_, _>>()?;
+    let announce = {
+        let (topics, device, scheduler, replies) =
+            (topics.clone(), config.device().to_string(), scheduler.clone(), replies.clone());
+        Box::new(move |changed: Option<&Model>| {
+            let models = scheduler.models();
+            let mut messages = vec![retained_message(topics.status(), status::online(&device, &models))];
+            if let Some(model) = changed {
+                let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
+                messages.push(retained_message(topics.metadata(model.name()), metadata));
+            }
+            for message in messages {
+                let _ = replies.blocking_send(message);
+            }
+        })
+    };
+    let admin = Admin {
+        device: config.device().to_string(),
+        topics: topics.clone(),
+        reply_rules: ReplyRules::from_config(config),
+        outbox: outbox.clone(),
+        scheduler: scheduler.clone(),
+        stats: stats.clone(),
+        store,
+        trusted,
+        max_package_bytes: config.admin.max_package_bytes,
+        repository: config.models.repository.clone(),
+        cache,
+        announce,
+    };
+    let (tx, rx) = mpsc::channel(crate::admin::QUEUE);
+    std::thread::Builder::new().name("admin".into()).spawn(move || admin.run(rx)).expect("spawning the admin thread");
+    tracing::info!(filters = ?topics.admin_filters(), keys = config.admin.trusted_keys.len(), "admin operations on");
+    Ok(tx)
+}
+
 /// What the board publishes, retained, on every connection: its status and each model's metadata.
-fn retained_at_connect(topics: &Topics, device: &str, repository: &ModelRepository) -> Vec<(String, Vec<u8>)> {
-    let mut retained = vec![(topics.status(), status::online(device, &repository.names()))];
-    for model in repository.models() {
+fn retained_at_connect(topics: &Topics, device: &str, models: &[Arc<Model>]) -> Vec<(String, Vec<u8>)> {
+    let mut retained = vec![(topics.status(), status::online(device, models))];
+    for model in models {
         let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
         retained.push((topics.metadata(model.name()), metadata));
     }

@@ -175,6 +175,7 @@ impl Model {
         let model = Model {
             metadata: ModelMetadata {
                 name: name.to_string(),
+                versions: vec![manifest.version.clone().unwrap_or_else(|| super::DEFAULT_VERSION.into())],
                 platform: super::PLATFORM.to_string(),
                 inputs: public_inputs,
                 outputs: public_outputs,

@@ -18,6 +18,10 @@ pub struct ModelManifest {
     /// Shown in metadata and `edgeinfer models`: what the model does, for the operator.
     #[serde(default)]
     pub description: Option<String>,
+    /// The model's version, echoed as `model_version` in every reply so that a client (and a
+    /// fleet rollout) can tell which version answered. A deployed package's version replaces it.
+    #[serde(default)]
+    pub version: Option<String>,
     /// A file next to `model.toml`, one label per line, in the order of the model's class outputs.
     #[serde(default)]
     pub labels: Option<PathBuf>,
@@ -539,6 +543,15 @@ impl ModelManifest {
         let path = dir.join(file);
         let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path, source })?;
         Ok(Some(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()))
+    }
+
+    /// The files beside `model.toml` it names (labels, dictionary): a deployed package must hold them.
+    pub fn referenced_files(&self) -> Vec<&Path> {
+        let dictionary = match &self.postprocess {
+            Some(PostprocessDecl::Ctc(decl)) => Some(decl.dictionary.as_path()),
+            _ => None,
+        };
+        self.labels.as_deref().into_iter().chain(dictionary).collect()
     }
 
     /// The CTC dictionary's characters, one per line, kept exactly (a line may be a space).

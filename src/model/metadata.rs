@@ -18,6 +18,9 @@ pub struct TensorMetadata {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetadata {
     pub name: String,
+    /// The version served, alone: the protocol's list, so that OIP clients read it where they
+    /// expect it. A board holds other versions on disk (the `models` admin operation lists them).
+    pub versions: Vec<String>,
     pub platform: String,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,

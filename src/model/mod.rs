@@ -41,6 +41,9 @@ use session::SessionStore;
 /// of every stride such networks have (32), small enough to cost nothing.
 pub const ANY_SIDE_AT_WARM_UP: usize = 64;
 
+/// The version of a model whose `model.toml` declares none (Triton's default, too).
+pub const DEFAULT_VERSION: &str = "1";
+
 /// A model ready to serve. Cheap to share: workers hold an `Arc<Model>` and run the same plans.
 pub struct Model {
     metadata: ModelMetadata,
@@ -96,6 +99,17 @@ impl Model {
 
     pub fn metadata(&self) -> &ModelMetadata {
         &self.metadata
+    }
+
+    /// The version this model answers as (`model_version` in replies).
+    pub fn version(&self) -> &str {
+        &self.metadata.versions[0]
+    }
+
+    /// Serves this model as `version`: a deployed package's version, which replaces the one its
+    /// `model.toml` may declare.
+    pub fn set_version(&mut self, version: &str) {
+        self.metadata.versions = vec![version.to_string()];
     }
 
     /// The model's own serving settings from `model.toml` (workers, queue, default deadline).

@@ -246,6 +246,7 @@ impl Model {
         Ok(Model {
             metadata: ModelMetadata {
                 name: name.to_string(),
+                versions: vec![manifest.version.clone().unwrap_or_else(|| super::DEFAULT_VERSION.into())],
                 platform: super::PLATFORM.to_string(),
                 inputs: detector.metadata.inputs.clone(),
                 outputs,

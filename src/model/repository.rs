@@ -131,6 +131,15 @@ impl ModelRepository {
         Ok(Model::load(name, &model_dir, cache)?)
     }
 
+    /// Serves `model` in place of the one of the same name (a deployed version restored at start).
+    pub(crate) fn insert(&mut self, model: Arc<Model>) {
+        self.models.insert(model.name().to_string(), model);
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.models.remove(name);
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
         self.models.get(name)
     }

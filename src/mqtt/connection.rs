@@ -24,12 +24,15 @@ pub struct Incoming {
     pub client: AsyncClient,
 }
 
+/// The retained messages to publish on a connection: device status, then each model's metadata,
+/// as they are at that moment (models change with deployments).
+pub type Retained = Arc<dyn Fn() -> Vec<(String, Vec<u8>)> + Send + Sync>;
+
 /// What to (re)establish on every successful connection.
 pub struct OnConnect {
-    /// Request subscriptions.
+    /// Request (and admin) subscriptions.
     pub filters: Vec<String>,
-    /// Retained messages: device status, then each model's metadata.
-    pub retained: Vec<(String, Vec<u8>)>,
+    pub retained: Retained,
 }
 
 /// Owns the event loop until the client disconnects.
@@ -150,7 +153,7 @@ impl Connection {
     fn resubscribe(&self) {
         let client = self.client.clone();
         let filters = self.on_connect.filters.clone();
-        let retained = self.on_connect.retained.clone();
+        let retained = (self.on_connect.retained)();
         tokio::spawn(async move {
             for filter in filters {
                 if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::publisher::{Command, Outgoing};
 use super::redelivery::{Delivery, Recent};
-use crate::model::{Answer, AnswerError};
+use crate::model::{Answer, AnswerError, Model};
 use crate::protocol::request::HEADER_LENGTH_PROPERTY;
 use crate::protocol::{encode_error, encode_response, EncodedReply, ErrorCode};
 use crate::report::Report;
@@ -95,7 +95,7 @@ impl Outbox {
 
     /// [`send`](Outbox::send) from a thread outside the async runtime, once the reply budget
     /// has room for the reply's bytes.
-    fn send_blocking(&self, mut command: Command) {
+    pub(crate) fn send_blocking(&self, mut command: Command) {
         if let Command::Publish(out) = &mut command {
             out.held = Some(self.limits.hold_blocking(&self.runtime, out.payload.len()));
         }
@@ -159,12 +159,13 @@ pub struct ReplyTo {
 /// An inference thread's answer becomes this reply: encoded there (not on the async runtime),
 /// measured against the limits, and queued for the publisher.
 impl Responder for ReplyTo {
-    fn respond(self, model: &str, id: Option<&str>, outcome: Result<Answer, JobError>) {
+    fn respond(self, model: &Model, id: Option<&str>, outcome: Result<Answer, JobError>) {
         if let Err(JobError::Answer(AnswerError::Panicked(_))) = &outcome {
             self.counts.panicked();
         }
+        let (version, model) = (Some(model.version()), model.name());
         let command = match outcome {
-            Ok(answer) => match encode_response(model, id, answer.parameters.as_ref(), &answer.tensors()) {
+            Ok(answer) => match encode_response(model, version, id, answer.parameters.as_ref(), &answer.tensors()) {
                 Ok(encoded) => self.result(id, model, encoded),
                 Err(e) => self.error(id, model, ErrorCode::Internal, &e.to_string()),
             },

@@ -6,6 +6,8 @@
 //! <base>/<device>/models/<model>/result           replies when the request named no reply topic
 //! <base>/<device>/models/<model>                  model metadata (retained)
 //! <base>/<device>/status                          online / offline / stopped (retained)
+//! <base>/<device>/admin/<op>                      operations for this board (admin.enabled)
+//! <base>/fleet/admin/<op>                         operations for every board (not shared)
 //! ```
 
 use crate::config::Config;
@@ -69,6 +71,43 @@ impl Topics {
 
     pub fn status(&self) -> String {
         format!("{}/{}/status", self.base, self.device)
+    }
+
+    /// The subscriptions to admin operations: this board's and the whole fleet's (every board
+    /// gets those, so not a shared subscription).
+    pub fn admin_filters(&self) -> Vec<String> {
+        vec![format!("{}/{}/admin/+", self.base, self.device), format!("{}/{FLEET}/admin/+", self.base)]
+    }
+
+    /// Where an admin operation for `device` (or [`FLEET`]) is published.
+    pub fn admin(&self, device: &str, op: &str) -> String {
+        format!("{}/{device}/admin/{op}", self.base)
+    }
+
+    /// Every board's retained status (the fleet CLI reads them).
+    pub fn all_status(&self) -> String {
+        format!("{}/+/status", self.base)
+    }
+
+    /// Every board's retained stats.
+    pub fn all_stats(&self) -> String {
+        format!("{}/+/stats", self.base)
+    }
+
+    /// Where an admin reply goes when the request named no Response Topic.
+    pub fn admin_response(&self, op: &str) -> String {
+        format!("{}/{}/admin/response/{op}", self.base, self.device)
+    }
+
+    /// The admin operation named by an incoming topic, if the topic is one of ours.
+    pub fn admin_op_of<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let rest = topic.strip_prefix(self.base.as_str())?.strip_prefix('/')?;
+        let (target, rest) = rest.split_once('/')?;
+        if target != self.device && target != FLEET {
+            return None;
+        }
+        let op = rest.strip_prefix("admin/")?;
+        (!op.is_empty() && !op.contains('/')).then_some(op)
     }
 
     /// The model named by an incoming request topic, if the topic is one of ours.

@@ -80,6 +80,8 @@ pub struct UnsupportedOutput {
 struct ResponseHeader<'a> {
     model_name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<&'a serde_json::Map<String, Value>>,
@@ -166,6 +168,7 @@ impl Serialize for JsonData<'_> {
 /// Encodes a successful inference reply. `parameters` are the reply's own (a session's state, say).
 pub fn encode_response(
     model_name: &str,
+    model_version: Option<&str>,
     id: Option<&str>,
     parameters: Option<&serde_json::Map<String, Value>>,
     outputs: &[OutputTensor<'_>],
@@ -187,7 +190,7 @@ pub fn encode_response(
         };
         headers.push(OutputHeader { name: out.name, datatype, shape: out.tensor.shape(), parameters, data });
     }
-    let header = ResponseHeader { model_name, id, parameters, outputs: headers };
+    let header = ResponseHeader { model_name, model_version, id, parameters, outputs: headers };
     let mut payload = serde_json::to_vec(&header).expect("tensors of supported types serialise");
     if binary.is_empty() {
         return Ok(EncodedReply { payload, header_len: None });
@@ -300,7 +303,7 @@ mod tests {
     fn json_reply_carries_id_model_shape_and_data() {
         let t = Tensor::from_shape(&[1, 3], &[0.25f32, 0.5, 0.25]).unwrap();
         let reply =
-            encode_response("digits", Some("r1"), None, &[OutputTensor { name: "p", tensor: &t, binary: false }])
+            encode_response("digits", None, Some("r1"), None, &[OutputTensor { name: "p", tensor: &t, binary: false }])
                 .unwrap();
         assert_eq!(reply.header_len, None);
         let v: Value = serde_json::from_slice(&reply.payload).unwrap();
@@ -313,13 +316,15 @@ mod tests {
     #[test]
     fn non_finite_values_go_as_null_and_the_output_says_how_many() {
         let t = Tensor::from_shape(&[4], &[f32::NAN, 1.0, f32::INFINITY, f32::NEG_INFINITY]).unwrap();
-        let reply = encode_response("m", None, None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
+        let reply =
+            encode_response("m", None, None, None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
         let v: Value = serde_json::from_slice(&reply.payload).unwrap();
         assert_eq!(v["outputs"][0]["data"], json!([null, 1.0, null, null]));
         assert_eq!(v["outputs"][0]["parameters"], json!({"non_finite": 3}));
         let finite = Tensor::from_shape(&[1], &[2.0f32]).unwrap();
         let reply =
-            encode_response("m", None, None, &[OutputTensor { name: "y", tensor: &finite, binary: false }]).unwrap();
+            encode_response("m", None, None, None, &[OutputTensor { name: "y", tensor: &finite, binary: false }])
+                .unwrap();
         let v: Value = serde_json::from_slice(&reply.payload).unwrap();
         assert!(v["outputs"][0].get("parameters").is_none(), "{v}");
     }
@@ -337,7 +342,8 @@ mod tests {
     fn fp32_values_survive_json_exactly() {
         let values = [0.1f32, 1.0 / 3.0, 1e-30, 3.4028235e38, -0.0];
         let t = Tensor::from_shape(&[5], &values).unwrap();
-        let reply = encode_response("m", None, None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
+        let reply =
+            encode_response("m", None, None, None, &[OutputTensor { name: "y", tensor: &t, binary: false }]).unwrap();
         let v = decode_reply(&reply.payload, None).unwrap();
         let back: Vec<f32> =
             v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
@@ -350,6 +356,7 @@ mod tests {
         let b = Tensor::from_shape(&[3], &[7i64, -8, 9]).unwrap();
         let reply = encode_response(
             "m",
+            Some("7"),
             Some("x"),
             None,
             &[
@@ -361,6 +368,7 @@ mod tests {
         let header_len = reply.header_len.unwrap();
         assert_eq!(reply.payload.len(), header_len + 8);
         let header: Value = serde_json::from_slice(&reply.payload[..header_len]).unwrap();
+        assert_eq!(header["model_version"], "7");
         assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert!(header["outputs"][0].get("data").is_none());
         let v = decode_reply(&reply.payload, Some(header_len)).unwrap();
@@ -376,6 +384,7 @@ mod tests {
         let json = encode_response(
             "ocr",
             None,
+            None,
             Some(&parameters),
             &[OutputTensor { name: "text", tensor: &text, binary: false }],
         )
@@ -384,7 +393,8 @@ mod tests {
         assert_eq!(v["parameters"], json!({"session": "s1"}));
         assert_eq!(v["outputs"][0], json!({"name":"text","datatype":"BYTES","shape":[2],"data":["héllo",""]}));
         let binary =
-            encode_response("ocr", None, None, &[OutputTensor { name: "text", tensor: &text, binary: true }]).unwrap();
+            encode_response("ocr", None, None, None, &[OutputTensor { name: "text", tensor: &text, binary: true }])
+                .unwrap();
         let header_len = binary.header_len.unwrap();
         assert_eq!(binary.payload.len() - header_len, 4 + "héllo".len() + 4);
         let back = decode_reply(&binary.payload, Some(header_len)).unwrap();

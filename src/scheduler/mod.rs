@@ -25,8 +25,8 @@ use crate::protocol::ErrorCode;
 /// MQTT replies do), so that the scheduler knows jobs and workers, not transports.
 pub trait Responder: Send + 'static {
     /// Called exactly once per job, on its inference thread, which it may block (waiting for
-    /// room to hold the reply, say). `model` is the job's model name.
-    fn respond(self, model: &str, id: Option<&str>, outcome: Result<Answer, JobError>);
+    /// room to hold the reply, say). `model` is the version that answered.
+    fn respond(self, model: &Model, id: Option<&str>, outcome: Result<Answer, JobError>);
 }
 
 /// Why a job got no answer.
@@ -67,15 +67,15 @@ pub struct Job<R> {
     pub budget: OwnedSemaphorePermit,
 }
 
-struct ModelProgress<R> {
-    name: String,
-    queue: crossbeam_channel::Receiver<Task<R>>,
+/// One served model: its queue and how many jobs its workers finished.
+struct Served<R> {
+    model: Arc<Model>,
+    /// `None` once shutdown began. Dropping the last sender is what stops the workers: they
+    /// finish what the queue holds, then see it closed.
+    queue: Option<Sender<Box<Job<R>>>>,
+    /// To see what waits.
+    jobs: crossbeam_channel::Receiver<Box<Job<R>>>,
     finished: Arc<AtomicU64>,
-}
-
-enum Task<R> {
-    Run(Box<Job<R>>),
-    Stop,
 }
 
 /// Why a job was not queued. The job comes back so that the caller can answer it.
@@ -84,6 +84,8 @@ pub enum Rejected<R> {
     Busy(Box<Job<R>>),
     /// The daemon is stopping.
     ShuttingDown(Box<Job<R>>),
+    /// The model was unloaded between the job's checking and its queueing.
+    Unloaded(Box<Job<R>>),
 }
 
 /// Default sizing for the worker pools; a model's `[serving]` section overrides it.
@@ -108,18 +110,18 @@ impl<R> Clone for Scheduler<R> {
 }
 
 struct Inner<R> {
-    /// `None` once shutdown began. Submissions hold the read lock, so no job can slip into a
-    /// queue behind the stop markers.
-    queues: RwLock<Option<HashMap<String, Sender<Task<R>>>>>,
+    /// What is served, by model name. Submissions hold the read lock, so no job can slip into a
+    /// queue after it was closed (at shutdown) or replaced (a new version).
+    served: RwLock<HashMap<String, Served<R>>>,
+    /// Every inference thread started and not joined yet (those of replaced versions included).
     workers: std::sync::Mutex<Vec<(String, JoinHandle<()>)>>,
     /// Set at shutdown: jobs still queued after this instant are answered `shutting_down`.
     drain_until: OnceLock<Instant>,
-    /// Per model: its queue (to see what waits) and how many jobs its workers finished.
-    progress: std::sync::Mutex<Vec<ModelProgress<R>>>,
     /// Workers computing right now, all models together.
     computing: AtomicUsize,
     /// tract's thread pool for a request computed alone; `None` when that is off.
     lone: Option<Executor>,
+    pool: PoolConfig,
 }
 
 impl<R: Responder> Scheduler<R> {
@@ -127,60 +129,95 @@ impl<R: Responder> Scheduler<R> {
     pub fn start(repository: &ModelRepository, pool: PoolConfig) -> Scheduler<R> {
         let lone = (pool.lone_request_threads > 1)
             .then(|| Executor::multithread_with_name(pool.lone_request_threads, "infer-lone"));
-        let inner = Arc::new(Inner {
-            queues: RwLock::new(Some(HashMap::new())),
-            workers: Default::default(),
-            drain_until: OnceLock::new(),
-            progress: Default::default(),
-            computing: AtomicUsize::new(0),
-            lone,
-        });
-        let mut queues = HashMap::new();
-        let mut workers = Vec::new();
-        let mut progress = Vec::new();
+        let scheduler = Scheduler {
+            inner: Arc::new(Inner {
+                served: RwLock::new(HashMap::new()),
+                workers: Default::default(),
+                drain_until: OnceLock::new(),
+                computing: AtomicUsize::new(0),
+                lone,
+                pool,
+            }),
+        };
         for model in repository.models() {
-            let queue_capacity = model.serving().queue_capacity.unwrap_or(pool.queue_capacity);
-            let worker_count = model.serving().workers.unwrap_or(pool.workers_per_model);
-            tracing::info!(model = %model.name(), workers = worker_count, queue_capacity, "starting inference threads");
-            let (tx, rx) = crossbeam_channel::bounded(queue_capacity);
-            let finished = Arc::new(AtomicU64::new(0));
-            progress.push(ModelProgress {
-                name: model.name().to_string(),
-                queue: rx.clone(),
-                finished: finished.clone(),
-            });
-            for index in 0..worker_count {
-                let worker = worker::Worker {
-                    model: model.clone(),
-                    jobs: rx.clone(),
-                    inner: inner.clone(),
-                    finished: finished.clone(),
-                };
-                let handle = std::thread::Builder::new()
-                    .name(format!("infer-{}-{index}", model.name()))
-                    .spawn(move || worker.run())
-                    .expect("spawning an inference thread");
-                workers.push((model.name().to_string(), handle));
-            }
-            queues.insert(model.name().to_string(), tx);
+            scheduler.serve(model.clone());
         }
-        *inner.queues.write().expect("queue lock") = Some(queues);
-        *inner.workers.lock().expect("worker lock") = workers;
-        *inner.progress.lock().expect("progress lock") = progress;
-        Scheduler { inner }
+        scheduler
     }
 
-    /// Queues a job without waiting.
+    /// Serves `model` from now on: its inference threads start, and it takes the place of the
+    /// model of the same name, if any, which is returned. Jobs queued for the replaced version
+    /// are computed by it; its threads end when its queue is empty.
+    pub fn serve(&self, model: Arc<Model>) -> Option<Arc<Model>> {
+        let pool = self.inner.pool;
+        let queue_capacity = model.serving().queue_capacity.unwrap_or(pool.queue_capacity);
+        let worker_count = model.serving().workers.unwrap_or(pool.workers_per_model);
+        tracing::info!(model = %model.name(), version = %model.version(), workers = worker_count, queue_capacity, "starting inference threads");
+        let (tx, rx) = crossbeam_channel::bounded(queue_capacity);
+        let finished = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::with_capacity(worker_count);
+        for index in 0..worker_count {
+            let worker = worker::Worker {
+                model: model.clone(),
+                jobs: rx.clone(),
+                inner: self.inner.clone(),
+                finished: finished.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("infer-{}-{index}", model.name()))
+                .spawn(move || worker.run())
+                .expect("spawning an inference thread");
+            workers.push((model.name().to_string(), handle));
+        }
+        {
+            let mut all = self.inner.workers.lock().expect("worker lock");
+            all.retain(|(_, handle)| !handle.is_finished());
+            all.extend(workers);
+        }
+        let stopping = self.is_stopping();
+        let served = Served { model: model.clone(), queue: (!stopping).then_some(tx), jobs: rx, finished };
+        let replaced = self.inner.served.write().expect("queue lock").insert(model.name().to_string(), served);
+        replaced.map(|old| old.model)
+    }
+
+    /// Stops serving `name`: new requests for it are refused as for an unknown model; the ones
+    /// queued are computed. Returns the model that was served.
+    pub fn unload(&self, name: &str) -> Option<Arc<Model>> {
+        self.inner.served.write().expect("queue lock").remove(name).map(|old| old.model)
+    }
+
+    /// The model served as `name`.
+    pub fn model(&self, name: &str) -> Option<Arc<Model>> {
+        self.inner.served.read().expect("queue lock").get(name).map(|s| s.model.clone())
+    }
+
+    /// Every model served, by name.
+    pub fn models(&self) -> Vec<Arc<Model>> {
+        let served = self.inner.served.read().expect("queue lock");
+        let mut models: Vec<Arc<Model>> = served.values().map(|s| s.model.clone()).collect();
+        models.sort_by(|a, b| a.name().cmp(b.name()));
+        models
+    }
+
+    /// The names of the models served, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.models().iter().map(|m| m.name().to_string()).collect()
+    }
+
+    /// Queues a job without waiting. A job checked against a version that was replaced since is
+    /// queued all the same: the worker computes it with the model it was checked against.
     pub fn submit(&self, job: Job<R>) -> Result<(), Rejected<R>> {
-        let queues = self.inner.queues.read().expect("queue lock");
-        let Some(queue) = queues.as_ref().and_then(|q| q.get(job.model.name())) else {
+        let served = self.inner.served.read().expect("queue lock");
+        let Some(model) = served.get(job.model.name()) else {
+            return Err(Rejected::Unloaded(Box::new(job)));
+        };
+        let Some(queue) = &model.queue else {
             return Err(Rejected::ShuttingDown(Box::new(job)));
         };
-        match queue.try_send(Task::Run(Box::new(job))) {
+        match queue.try_send(Box::new(job)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(Task::Run(job))) => Err(Rejected::Busy(job)),
-            Err(TrySendError::Disconnected(Task::Run(job))) => Err(Rejected::ShuttingDown(job)),
-            Err(_) => unreachable!("only Run tasks are submitted"),
+            Err(TrySendError::Full(job)) => Err(Rejected::Busy(job)),
+            Err(TrySendError::Disconnected(job)) => Err(Rejected::ShuttingDown(job)),
         }
     }
 
@@ -191,22 +228,22 @@ impl<R: Responder> Scheduler<R> {
 
     /// How many requests wait in `model`'s queue.
     pub fn queued(&self, model: &str) -> Option<usize> {
-        let progress = self.inner.progress.lock().expect("progress lock");
-        progress.iter().find(|p| p.name == model).map(|p| p.queue.len())
+        self.inner.served.read().expect("queue lock").get(model).map(|s| s.jobs.len())
     }
 
     /// Models whose queue holds jobs although their workers finished none since the previous
     /// call: stuck, as far as the watchdog is concerned. `seen` carries the counts between calls.
     pub fn stalled_models(&self, seen: &mut HashMap<String, u64>) -> Vec<String> {
-        let progress = self.inner.progress.lock().expect("progress lock");
+        let served = self.inner.served.read().expect("queue lock");
         let mut stalled = Vec::new();
-        for model in progress.iter() {
+        for (name, model) in served.iter() {
             let finished = model.finished.load(Ordering::Relaxed);
-            let before = seen.insert(model.name.clone(), finished);
-            if !model.queue.is_empty() && before == Some(finished) {
-                stalled.push(model.name.clone());
+            let before = seen.insert(name.clone(), finished);
+            if !model.jobs.is_empty() && before == Some(finished) {
+                stalled.push(name.clone());
             }
         }
+        stalled.sort();
         stalled
     }
 
@@ -215,15 +252,10 @@ impl<R: Responder> Scheduler<R> {
     /// blocking context.
     pub fn shutdown(&self, grace: Duration) {
         let _ = self.inner.drain_until.set(Instant::now() + grace);
-        let queues = self.inner.queues.write().expect("queue lock").take().unwrap_or_default();
-        let workers = std::mem::take(&mut *self.inner.workers.lock().expect("worker lock"));
-        for (model, queue) in &queues {
-            let count = workers.iter().filter(|(m, _)| m == model).count();
-            for _ in 0..count {
-                // Blocks only while the queue is full; workers are draining it.
-                let _ = queue.send(Task::Stop);
-            }
+        for served in self.inner.served.write().expect("queue lock").values_mut() {
+            served.queue = None;
         }
+        let workers = std::mem::take(&mut *self.inner.workers.lock().expect("worker lock"));
         for (model, handle) in workers {
             if handle.join().is_err() {
                 tracing::error!(%model, "an inference thread panicked");

@@ -10,14 +10,16 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use tract_linalg::multithread::multithread_tract_scope;
 
-use super::{Inner, Job, JobError, Responder, Task};
+use super::{Inner, Job, JobError, Responder};
 use crate::model::{Answer, AnswerError, Model, PreparedInputs};
 use crate::panics::panic_message;
 use crate::untrusted::Untrusted;
 
 pub(super) struct Worker<R> {
+    /// The version this worker was started for; a job may carry the one before (see
+    /// [`Scheduler::submit`](super::Scheduler::submit)).
     pub model: Arc<Model>,
-    pub jobs: Receiver<Task<R>>,
+    pub jobs: Receiver<Box<Job<R>>>,
     pub inner: Arc<Inner<R>>,
     /// Counts finished jobs, for the watchdog.
     pub finished: Arc<AtomicU64>,
@@ -37,12 +39,11 @@ struct Gathered<R> {
     batch: Vec<Job<R>>,
     /// A job that did not fit in the batch: it starts the next one.
     left_over: Option<Box<Job<R>>>,
-    /// The stop marker came (it is queued behind every job, so nothing is left over): finish
-    /// the batch, then exit.
-    stop: bool,
 }
 
 impl<R: Responder> Worker<R> {
+    /// Warms up, then answers jobs until the queue is closed (the daemon stops, or a new version
+    /// took this one's place) and empty.
     pub fn run(self) {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.model.warm_up())) {
             Ok(Ok(_)) => {}
@@ -58,57 +59,48 @@ impl<R: Responder> Worker<R> {
             let first = match next.take() {
                 Some(job) => job,
                 None => match self.jobs.recv() {
-                    Ok(Task::Run(job)) => job,
-                    Ok(Task::Stop) | Err(_) => return,
+                    Ok(job) => job,
+                    Err(_) => return,
                 },
             };
             let gathered = self.gather(*first);
             let count = gathered.batch.len() as u64;
             self.answer(gathered.batch);
             self.finished.fetch_add(count, Ordering::Relaxed);
-            if gathered.stop {
-                return;
-            }
             next = gathered.left_over;
         }
     }
 
     /// Adds queued jobs to `first` while they fit in `max_batch_size` rows, waiting up to
-    /// `max_queue_delay_us` for more. Without batching, the batch is `first` alone.
+    /// `max_queue_delay_us` for more. Without batching, the batch is `first` alone. A batch is
+    /// of one model version.
     fn gather(&self, first: Job<R>) -> Gathered<R> {
-        let max_rows = self.model.max_batch_size();
+        let model = first.model.clone();
+        let max_rows = model.max_batch_size();
         let mut rows = first.inputs.rows();
-        let mut gathered = Gathered { batch: vec![first], left_over: None, stop: false };
+        let mut gathered = Gathered { batch: vec![first], left_over: None };
         if max_rows <= 1 {
             return gathered;
         }
-        let delay = Duration::from_micros(self.model.serving().max_queue_delay_us.unwrap_or(0));
+        let delay = Duration::from_micros(model.serving().max_queue_delay_us.unwrap_or(0));
         let until = Instant::now() + delay;
         while rows < max_rows {
-            let task = match self.jobs.try_recv() {
-                Ok(task) => task,
+            let job = match self.jobs.try_recv() {
+                Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
                     match self.jobs.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                        Ok(task) => task,
+                        Ok(job) => job,
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
                 }
             };
-            match task {
-                Task::Stop => {
-                    gathered.stop = true;
-                    break;
-                }
-                Task::Run(job) if rows + job.inputs.rows() > max_rows => {
-                    gathered.left_over = Some(job);
-                    break;
-                }
-                Task::Run(job) => {
-                    rows += job.inputs.rows();
-                    gathered.batch.push(*job);
-                }
+            if rows + job.inputs.rows() > max_rows || !Arc::ptr_eq(&job.model, &model) {
+                gathered.left_over = Some(job);
+                break;
             }
+            rows += job.inputs.rows();
+            gathered.batch.push(*job);
         }
         gathered
     }
@@ -116,13 +108,16 @@ impl<R: Responder> Worker<R> {
     /// Answers every job of a batch: expired and (past the shutdown grace) late ones with an
     /// error, the rest computed in one run.
     fn answer(&self, batch: Vec<Job<R>>) {
-        let name = self.model.name();
+        let Some(model) = batch.first().map(|job| job.model.clone()) else {
+            return;
+        };
+        let name = model.name();
         let mut runnable = Vec::with_capacity(batch.len());
         for job in batch {
             match self.refusal(&job) {
                 Some(error) => {
                     let _span = job.span.enter();
-                    job.reply.respond(name, job.id.as_deref(), Err(error));
+                    job.reply.respond(&model, job.id.as_deref(), Err(error));
                 }
                 None => runnable.push(job),
             }
@@ -141,7 +136,7 @@ impl<R: Responder> Worker<R> {
         let answers = match std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
             tests::maybe_inject_panic(&jobs.iter().map(|j| j.0.as_deref()).collect::<Vec<_>>());
-            self.compute(requests)
+            self.compute(&model, requests)
         })) {
             Ok(answers) => answers,
             Err(panic) => {
@@ -157,7 +152,7 @@ impl<R: Responder> Worker<R> {
             if answer.is_ok() {
                 tracing::debug!(us = received.elapsed().as_micros() as u64, batch = size, "answered");
             }
-            reply.respond(name, id.as_deref(), answer.map_err(JobError::from));
+            reply.respond(&model, id.as_deref(), answer.map_err(JobError::from));
         }
     }
 
@@ -165,14 +160,14 @@ impl<R: Responder> Worker<R> {
     /// queued for this model, no other worker computing), else on this thread alone. Deciding
     /// per run is what makes both cases fast: a lone frame gets every idle core, and under load
     /// one core per request wastes nothing on splitting the work.
-    fn compute(&self, requests: Vec<PreparedInputs>) -> Vec<Result<Answer, AnswerError>> {
+    fn compute(&self, model: &Model, requests: Vec<PreparedInputs>) -> Vec<Result<Answer, AnswerError>> {
         let others = self.inner.computing.fetch_add(1, Ordering::SeqCst);
         let _computing = Computing(&self.inner.computing);
         match &self.inner.lone {
             Some(pool) if others == 0 && requests.len() == 1 && self.jobs.is_empty() => {
-                multithread_tract_scope(pool.clone(), || self.model.answer_batch(requests))
+                multithread_tract_scope(pool.clone(), || model.answer_batch(requests))
             }
-            _ => self.model.answer_batch(requests),
+            _ => model.answer_batch(requests),
         }
     }
 
@@ -303,8 +298,8 @@ pub(super) mod tests {
     type Collected = (Option<String>, Result<Vec<String>, ErrorCode>);
 
     impl Responder for Collect {
-        fn respond(self, model: &str, id: Option<&str>, outcome: Result<crate::model::Answer, JobError>) {
-            assert_eq!(model, "digits");
+        fn respond(self, model: &Model, id: Option<&str>, outcome: Result<crate::model::Answer, JobError>) {
+            assert_eq!(model.name(), "digits");
             let outcome = outcome.map(|a| a.outputs.iter().map(|o| o.name.clone()).collect()).map_err(|e| e.code());
             self.0.send((id.map(String::from), outcome)).unwrap();
         }

@@ -11,6 +11,12 @@ use crate::protocol::DataType;
 impl ModelManifest {
     pub(super) fn validate(&self, path: &Path) -> Result<(), ManifestError> {
         let invalid = |key: String, message: String| ManifestError::Invalid { path: path.to_path_buf(), key, message };
+        if let Some(version) = &self.version {
+            if !crate::model::repository::is_valid_model_name(version) {
+                let message = "use letters, digits, '_', '-' and '.', at most 64 characters".to_string();
+                return Err(invalid("version".into(), message));
+            }
+        }
         for (section, decls) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
             for (i, decl) in decls.iter().enumerate() {
                 let key = format!("{section}[{i}] ({})", decl.name);
