@@ -463,7 +463,7 @@ async fn a_full_queue_answers_busy_at_once_and_every_request_gets_exactly_one_re
     std::fs::write(&manifest, toml).unwrap();
     let broker = Broker::start();
     let daemon = Daemon::start(&broker, models.path(), "[requests]\nstats_interval_secs = 1\n");
-    assert!(daemon.log().contains("model=digits workers=1 queue_capacity=1"), "{}", daemon.log());
+    assert!(daemon.log().contains("model=digits version=1 workers=1 queue_capacity=1"), "{}", daemon.log());
     let mut client = V5Client::connect(&broker, &["test/busy"]).await;
     let topic = daemon.infer_topic("digits");
     let rows = 20_000;

@@ -68,6 +68,8 @@ struct LoadResult {
     max_ms: f64,
     /// "ok", an error reply's `code`, "timeout" or "closed" -> count.
     outcomes: BTreeMap<String, usize>,
+    /// The `model_version` of each answer -> count: how a rollout went from one version to the next.
+    model_versions: BTreeMap<String, usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_answer_unix_ms: Option<u128>,
 }
@@ -76,6 +78,7 @@ struct LoadResult {
 struct Tally {
     latencies: Vec<Duration>,
     outcomes: BTreeMap<String, usize>,
+    model_versions: BTreeMap<String, usize>,
 }
 
 impl Tally {
@@ -83,7 +86,11 @@ impl Tally {
         let kind = match outcome {
             Ok(reply) => {
                 self.latencies.push(started.elapsed());
-                reply_kind(&reply)
+                let (kind, version) = reply_kind(&reply);
+                if let Some(version) = version {
+                    *self.model_versions.entry(version).or_default() += 1;
+                }
+                kind
             }
             Err(ClientError::Timeout(_)) => "timeout".into(),
             Err(_) => "closed".into(),
@@ -92,19 +99,20 @@ impl Tally {
     }
 }
 
-/// "ok" for a result, else the error reply's code.
-fn reply_kind(reply: &Reply) -> String {
+/// "ok" for a result, else the error reply's code; and the version that answered.
+fn reply_kind(reply: &Reply) -> (String, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Probe {
         code: Option<String>,
         error: Option<serde::de::IgnoredAny>,
+        model_version: Option<String>,
     }
     let header = &reply.payload[..reply.header_len.unwrap_or(reply.payload.len()).min(reply.payload.len())];
     match serde_json::from_slice::<Probe>(header) {
-        Ok(Probe { code: Some(code), .. }) => code,
-        Ok(Probe { error: Some(_), .. }) => "error".into(),
-        Ok(_) => "ok".into(),
-        Err(_) => "unreadable".into(),
+        Ok(Probe { code: Some(code), .. }) => (code, None),
+        Ok(Probe { error: Some(_), .. }) => ("error".into(), None),
+        Ok(probe) => ("ok".into(), probe.model_version),
+        Err(_) => ("unreadable".into(), None),
     }
 }
 
@@ -153,6 +161,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             result.max_ms
         )?;
         outln!("outcomes    {:?}", result.outcomes)?;
+        outln!("versions    {:?}", result.model_versions)?;
     }
     Ok(())
 }
@@ -173,7 +182,7 @@ async fn wait_ready(
         let reply = requester.request_with(topic, payload.to_vec(), meta.clone(), wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
         if let Ok(reply) = reply {
-            if reply_kind(&reply) == "ok" {
+            if reply_kind(&reply).0 == "ok" {
                 return Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
             }
         }
@@ -248,6 +257,7 @@ async fn drive(
         p99_ms: super::percentile_ms(&tally.latencies, 0.99),
         max_ms: super::percentile_ms(&tally.latencies, 1.0),
         outcomes: tally.outcomes,
+        model_versions: tally.model_versions,
         first_answer_unix_ms: None,
     }
 }
