@@ -9,8 +9,9 @@
 //! - [`model`]: ONNX -> tract plan, pre/post-processing and sessions, the model repository, `inspect`;
 //!
 //! beside them [`admin`], operating the board over MQTT (deployments of [`package`]s, version
-//! switches, health), with [`daemon`] wiring them together, [`config`] for the settings, [`stats`] for the request
-//! counts operators read, [`systemd`] for the service manager and [`client`] for callers.
+//! switches, health) and [`fleet`], its operator's side; with [`daemon`] wiring them together,
+//! [`config`] for the settings, [`stats`] for the request counts operators read (and [`metrics`],
+//! the same for Prometheus), [`systemd`] for the service manager and [`client`] for callers.
 
 pub mod admin;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub(crate) mod dispatch;
 pub mod fleet;
+pub(crate) mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod package;

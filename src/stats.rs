@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -39,6 +39,79 @@ impl Unanswered {
     }
 }
 
+/// The upper bounds of the latency histograms' buckets, in seconds (a last bucket takes the rest):
+/// fixed, so that boards of a fleet can be summed bucket by bucket.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Where an answered request's time went, as [`Timings`] measure it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// From arrival to an inference thread taking it.
+    Queue,
+    /// Image decoding and resizing, audio framing, on the inference thread.
+    Preprocess,
+    /// tract's run.
+    Inference,
+    /// Computed outputs (labels, detections, text) and picking the outputs asked for.
+    Postprocess,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Queue, Stage::Preprocess, Stage::Inference, Stage::Postprocess];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::Preprocess => "preprocess",
+            Stage::Inference => "inference",
+            Stage::Postprocess => "postprocess",
+        }
+    }
+}
+
+/// How long each stage of one answered request took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub queue: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+    pub postprocess: Duration,
+}
+
+impl Timings {
+    fn of(&self, stage: Stage) -> Duration {
+        match stage {
+            Stage::Queue => self.queue,
+            Stage::Preprocess => self.preprocess,
+            Stage::Inference => self.inference,
+            Stage::Postprocess => self.postprocess,
+        }
+    }
+}
+
+/// Counts per bucket of [`LATENCY_BUCKETS`] (not cumulative), and the sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(value.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Per-bucket counts (the last is above every bound) and the sum in seconds.
+    pub fn read(&self) -> (Vec<u64>, f64) {
+        let counts = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        (counts, self.sum_ns.load(Ordering::Relaxed) as f64 * 1e-9)
+    }
+}
+
 /// One model's counts; cheap to share with every reply for that model.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -46,6 +119,7 @@ pub struct Counters {
     errors: [AtomicU64; ErrorCode::ALL.len()],
     unanswered: [AtomicU64; Unanswered::ALL.len()],
     panics: AtomicU64,
+    latency: [Histogram; Stage::ALL.len()],
 }
 
 impl Counters {
@@ -66,18 +140,54 @@ impl Counters {
         self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self, gauges: Gauges) -> ModelSnapshot {
-        let errors: BTreeMap<&'static str, u64> = ErrorCode::ALL
+    /// Where an answered request's time went.
+    pub fn observe(&self, timings: &Timings) {
+        for stage in Stage::ALL {
+            self.latency[stage as usize].observe(timings.of(stage));
+        }
+    }
+
+    pub fn answered_count(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Refusals by error code, the codes with none left out.
+    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
+        ErrorCode::ALL
             .iter()
             .map(|&code| (code.as_str(), self.errors[code as usize].load(Ordering::Relaxed)))
             .filter(|&(_, n)| n > 0)
-            .collect();
-        let unanswered: BTreeMap<&'static str, u64> = Unanswered::ALL
+            .collect()
+    }
+
+    /// Requests with no reply, by reason, the reasons with none left out.
+    pub fn unanswered_counts(&self) -> BTreeMap<&'static str, u64> {
+        Unanswered::ALL
             .iter()
             .map(|&why| (why.as_str(), self.unanswered[why as usize].load(Ordering::Relaxed)))
             .filter(|&(_, n)| n > 0)
-            .collect();
+            .collect()
+    }
+
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    pub fn latency(&self, stage: Stage) -> &Histogram {
+        &self.latency[stage as usize]
+    }
+
+    fn snapshot(&self, gauges: Gauges) -> ModelSnapshot {
+        let (errors, unanswered) = (self.errors(), self.unanswered_counts());
         let answered = self.answered.load(Ordering::Relaxed);
+        let latency_ms = (answered > 0).then(|| {
+            let mut stages = BTreeMap::new();
+            for stage in Stage::ALL {
+                let (counts, sum) = self.latency(stage).read();
+                stages.insert(stage.as_str(), StageSnapshot { counts, sum_ms: sum * 1e3 });
+            }
+            LatencySnapshot { le_ms: LATENCY_BUCKETS.iter().map(|s| s * 1e3).collect(), stages }
+        });
         let requests = answered + errors.values().sum::<u64>() + unanswered.values().sum::<u64>();
         ModelSnapshot {
             requests,
@@ -87,8 +197,24 @@ impl Counters {
             panics: self.panics.load(Ordering::Relaxed),
             queued: gauges.queued,
             sessions: gauges.sessions,
+            latency_ms,
         }
     }
+}
+
+/// The latency histograms as the stats topic carries them: the buckets' upper bounds, then per
+/// stage the count in each bucket (one more than bounds: the last is above them all) and the sum.
+#[derive(Serialize)]
+struct LatencySnapshot {
+    le_ms: Vec<f64>,
+    #[serde(flatten)]
+    stages: BTreeMap<&'static str, StageSnapshot>,
+}
+
+#[derive(Serialize)]
+struct StageSnapshot {
+    counts: Vec<u64>,
+    sum_ms: f64,
 }
 
 /// Every model's counters: the models served at start, and those deployed since (a model's
@@ -113,6 +239,9 @@ struct ModelSnapshot {
     queued: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sessions: Option<usize>,
+    /// Answered requests' time by stage; absent before the first answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<LatencySnapshot>,
 }
 
 /// A model's current levels, read when the stats are published.
@@ -152,6 +281,16 @@ impl Stats {
     /// names of models that loaded come here, never names from requests.
     pub fn add_model(&self, model: &str) {
         self.models.write().expect("stats lock").entry(model.to_string()).or_default();
+    }
+
+    /// Every model's counters, by name, and those of requests for no model served.
+    pub fn models(&self) -> (Vec<(String, Arc<Counters>)>, Arc<Counters>) {
+        let models = self.models.read().expect("stats lock");
+        (models.iter().map(|(n, c)| (n.clone(), c.clone())).collect(), self.other.clone())
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The JSON published at the stats topic; `gauges` gives each model's current levels.

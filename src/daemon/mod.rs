@@ -55,6 +55,8 @@ pub enum ServeError {
     State(#[from] StoreError),
     #[error("admin.trusted_keys: {0}")]
     Key(#[from] PackageError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ListenError),
 }
 
 /// Runs the daemon until `shutdown` completes, then stops cleanly.
@@ -99,7 +101,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let (connected, connected_rx) = watch::channel(false);
     let retained: Retained = {
         let (topics, device, scheduler) = (topics.clone(), device.clone(), scheduler.clone());
-        Arc::new(move || retained_at_connect(&topics, &device, &scheduler.models()))
+        let homeassistant = config.metrics.homeassistant;
+        Arc::new(move || {
+            let models = scheduler.models();
+            let mut retained = retained_at_connect(&topics, &device, &models);
+            if homeassistant {
+                retained.extend(crate::mqtt::homeassistant::discovery(&topics, &device, &models));
+            }
+            retained
+        })
     };
     let admin_filters = if store.is_some() { topics.admin_filters() } else { Vec::new() };
     let broker = Broker::connect(&config, &topics, &links, retained, admin_filters, connected)?;
@@ -140,6 +150,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             retained_message(topic.clone(), stats.to_json(&device, gauges))
         }
     };
+    if let Some(addr) = config.metrics.listen {
+        let scheduler = scheduler.clone();
+        let source = crate::metrics::Source {
+            stats: stats.clone(),
+            device: device.clone(),
+            queued: Box::new(move |model| scheduler.queued(model)),
+        };
+        crate::metrics::serve(addr, source)?;
+    }
     if config.requests.stats_interval_secs > 0 {
         let interval = Duration::from_secs(config.requests.stats_interval_secs);
         tokio::spawn(publish_every(interval, replies.clone(), stats_message.clone()));
@@ -233,12 +252,17 @@ fn start_admin(
     let announce = {
         let (topics, device, scheduler, replies) =
             (topics.clone(), config.device().to_string(), scheduler.clone(), replies.clone());
+        let homeassistant = config.metrics.homeassistant;
         Box::new(move |changed: Option<&Model>| {
             let models = scheduler.models();
             let mut messages = vec![retained_message(topics.status(), status::online(&device, &models))];
             if let Some(model) = changed {
                 let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
                 messages.push(retained_message(topics.metadata(model.name()), metadata));
+            }
+            if homeassistant {
+                let configs = crate::mqtt::homeassistant::discovery(&topics, &device, &models);
+                messages.extend(configs.into_iter().map(|(topic, config)| retained_message(topic, config)));
             }
             for message in messages {
                 let _ = replies.blocking_send(message);

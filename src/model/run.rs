@@ -1,6 +1,8 @@
 //! Running prepared requests: one at a time or stacked as a batch, with the session's state read
 //! before and written after, and the outputs a request asked for picked out as its [`Answer`].
 
+use std::time::Instant;
+
 use tract_core::prelude::*;
 
 use super::image::Frame;
@@ -8,6 +10,7 @@ use super::postprocess::Context;
 use super::session::{SessionKey, SessionState, Start};
 use super::{audio, AnswerError, InputError, Model, Pending, PreparedInputs, Preprocess};
 use crate::protocol::OutputTensor;
+use crate::stats::Timings;
 
 /// What a request's run produced: the outputs it asked for, in its order, still tensors. The
 /// side that took the request encodes them for the wire.
@@ -16,6 +19,8 @@ pub struct Answer {
     pub outputs: Vec<AnsweredOutput>,
     /// The reply's own parameters (a session's id and what happened to it), if any.
     pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Where the time went (the queue wait is the scheduler's to fill in).
+    pub timings: Timings,
 }
 
 /// One output of an [`Answer`].
@@ -55,11 +60,17 @@ impl Model {
             _ => (None, Start::New),
         };
         let previous = state.clone();
+        let started = Instant::now();
+        let mut timings = Timings::default();
         let outputs = self.complete(&mut prepared, &mut state).and_then(|()| {
-            self.run(std::mem::take(&mut prepared.inputs)).map_err(|e| AnswerError::Inference(e.into()))
+            timings.preprocess = started.elapsed();
+            let inputs = std::mem::take(&mut prepared.inputs);
+            let outputs = self.run(inputs).map_err(|e| AnswerError::Inference(e.into()));
+            timings.inference = started.elapsed() - timings.preprocess;
+            outputs
         });
         let (Some(session), Some(key)) = (&self.session, session_key) else {
-            return self.select(None, outputs?, &mut prepared);
+            return self.select(None, outputs?, &mut prepared, timings);
         };
         let outputs = match outputs {
             Ok(outputs) => outputs,
@@ -83,7 +94,7 @@ impl Model {
         if let Some(why) = start.eviction() {
             parameters.insert("session_evicted".into(), why.into());
         }
-        self.select(Some(parameters), outputs, &mut prepared)
+        self.select(Some(parameters), outputs, &mut prepared, timings)
     }
 
     /// Fills in what `prepare` left for the inference thread: the pre-processed input (decoded
@@ -146,20 +157,25 @@ impl Model {
         let mut answers: Vec<Option<Result<Answer, AnswerError>>> = requests.iter().map(|_| None).collect();
         let mut ready = Vec::with_capacity(requests.len());
         for (slot, mut prepared) in requests.into_iter().enumerate() {
+            let started = Instant::now();
             match self.complete(&mut prepared, &mut None) {
-                Ok(()) => ready.push((slot, prepared)),
+                Ok(()) => ready.push((slot, prepared, started.elapsed())),
                 Err(e) => answers[slot] = Some(Err(e)),
             }
         }
+        let started = Instant::now();
         let outputs = (0..self.inputs.len())
             .map(|input| {
-                let parts: Vec<&Tensor> = ready.iter().map(|(_, p)| &*p.inputs[input]).collect();
+                let parts: Vec<&Tensor> = ready.iter().map(|(_, p, _)| &*p.inputs[input]).collect();
                 Ok(Tensor::stack_tensors(0, &parts)?.into_tvalue())
             })
             .collect::<TractResult<TVec<TValue>>>()
             .and_then(|stacked| self.run(stacked));
+        // Every request of the batch waited for the whole run.
+        let inference = started.elapsed();
         let mut start = 0;
-        for (slot, prepared) in &mut ready {
+        for (slot, prepared, preprocess) in &mut ready {
+            let timings = Timings { preprocess: *preprocess, inference, ..Default::default() };
             let answer = match &outputs {
                 // Each request of the batch gets the cause, so each needs its own copy of it.
                 Err(e) => Err(AnswerError::Inference(format!("{e:#}").into())),
@@ -171,7 +187,7 @@ impl Model {
                         .map(|t| Ok(t.slice(0, range.start, range.end)?.into_tvalue()))
                         .collect::<TractResult<TVec<TValue>>>()
                         .map_err(|e| AnswerError::SplitBatch(e.into()))
-                        .and_then(|own| self.select(None, own, prepared))
+                        .and_then(|own| self.select(None, own, prepared, timings))
                 }
             };
             answers[*slot] = Some(answer);
@@ -186,7 +202,9 @@ impl Model {
         mut parameters: Option<serde_json::Map<String, serde_json::Value>>,
         outputs: TVec<TValue>,
         prepared: &mut PreparedInputs,
+        mut timings: Timings,
     ) -> Result<Answer, AnswerError> {
+        let started = Instant::now();
         let frame = prepared.frame.take();
         let wanted = &prepared.outputs;
         let context = Context { geometry: prepared.geometry, thresholds: prepared.thresholds };
@@ -216,6 +234,7 @@ impl Model {
                 binary,
             })
             .collect();
-        Ok(Answer { outputs, parameters })
+        timings.postprocess = started.elapsed();
+        Ok(Answer { outputs, parameters, timings })
     }
 }

@@ -1,6 +1,7 @@
 //! MQTT transport: options, the topic scheme, the event loop and the publisher.
 
 pub(crate) mod connection;
+pub(crate) mod homeassistant;
 pub(crate) mod options;
 pub(crate) mod publisher;
 pub(crate) mod redelivery;

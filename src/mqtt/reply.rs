@@ -166,7 +166,10 @@ impl Responder for ReplyTo {
         let (version, model) = (Some(model.version()), model.name());
         let command = match outcome {
             Ok(answer) => match encode_response(model, version, id, answer.parameters.as_ref(), &answer.tensors()) {
-                Ok(encoded) => self.result(id, model, encoded),
+                Ok(encoded) => {
+                    self.counts.observe(&answer.timings);
+                    self.result(id, model, encoded)
+                }
                 Err(e) => self.error(id, model, ErrorCode::Internal, &e.to_string()),
             },
             Err(e) => self.error(id, model, e.code(), &Report(&e).to_string()),

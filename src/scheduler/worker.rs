@@ -133,6 +133,7 @@ impl<R: Responder> Worker<R> {
             requests.push(inputs);
             jobs.push((id, reply, received, span, budget));
         }
+        let computing_from = Instant::now();
         let answers = match std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
             tests::maybe_inject_panic(&jobs.iter().map(|j| j.0.as_deref()).collect::<Vec<_>>());
@@ -147,9 +148,10 @@ impl<R: Responder> Worker<R> {
                 jobs.iter().map(|_| Err(AnswerError::Panicked(message.clone()))).collect()
             }
         };
-        for ((id, reply, received, span, _budget), answer) in jobs.into_iter().zip(answers) {
+        for ((id, reply, received, span, _budget), mut answer) in jobs.into_iter().zip(answers) {
             let _span = span.enter();
-            if answer.is_ok() {
+            if let Ok(answer) = &mut answer {
+                answer.timings.queue = computing_from.saturating_duration_since(received);
                 tracing::debug!(us = received.elapsed().as_micros() as u64, batch = size, "answered");
             }
             reply.respond(&model, id.as_deref(), answer.map_err(JobError::from));
