@@ -273,7 +273,10 @@ impl Dispatcher {
         }
         let request = AdminRequest { op: op.to_string(), publish: publish.clone() };
         if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = admin.try_send(request) {
-            tracing::warn!(op = %Untrusted(op), "admin message dropped: {} are waiting already", crate::admin::QUEUE);
+            tracing::warn!(op = %Untrusted(op), "admin message refused: {} are waiting already", crate::admin::QUEUE);
+            if let Some(busy) = crate::admin::busy(&self.topics, &self.reply_rules, op, publish) {
+                self.outbox.send(busy).await;
+            }
         }
     }
 

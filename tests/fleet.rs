@@ -358,3 +358,25 @@ fn admin_topics_are_not_listened_to_unless_enabled() {
     assert!(out.stdout.is_empty(), "no reply from a board without admin.enabled: {out:?}");
     assert_eq!(served_version(&broker, &board.device), "1");
 }
+
+#[test]
+fn sighup_serves_the_repository_as_edited_and_keeps_serving_through_a_bad_edit() {
+    let broker = Broker::start();
+    let models = models_dir_with(&["digits"]);
+    let board = Daemon::start(&broker, models.path(), "");
+    assert_eq!(served_version(&broker, &board.device), "1");
+    let toml = models.path().join("digits/model.toml");
+    let original = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("version = \"7\"\n{original}")).unwrap();
+    board.signal("HUP");
+    wait_until("the edited model is served", || served_version(&broker, &board.device) == "7");
+
+    board.signal("HUP");
+    wait_until("a reload with nothing changed", || board.log().matches("SIGHUP: repository reloaded").count() == 2);
+    assert!(board.log().contains("reloaded=0 failed=0"), "an unchanged model is not reloaded: {}", board.log());
+
+    std::fs::write(&toml, format!("version = \"8\"\n[nonsense]\n{original}")).unwrap();
+    board.signal("HUP");
+    wait_until("the bad edit is refused", || board.log().contains("reload failed"));
+    assert_eq!(served_version(&broker, &board.device), "7", "the version served before goes on serving");
+}

@@ -69,11 +69,10 @@ enum OpError {
 }
 
 /// Publishes the board's retained status, and the changed model's metadata, after a change.
-pub(crate) type Announce = Box<dyn Fn(Option<&Model>) + Send>;
+pub(crate) type Announce = Arc<dyn Fn(Option<&Model>) + Send + Sync>;
 
 /// What the admin thread needs.
 pub(crate) struct Admin {
-    pub device: String,
     pub topics: Topics,
     pub reply_rules: ReplyRules,
     pub outbox: Arc<Outbox>,
@@ -86,6 +85,8 @@ pub(crate) struct Admin {
     pub repository: PathBuf,
     pub cache: Option<ModelCache>,
     pub announce: Announce,
+    /// Held while an operation runs: SIGHUP reloads wait for it, and it for them.
+    pub changes: Arc<std::sync::Mutex<()>>,
 }
 
 impl Admin {
@@ -96,7 +97,10 @@ impl Admin {
             let span = tracing::info_span!("admin", op = %Untrusted(&op));
             let _entered = span.enter();
             let started = Instant::now();
+            let changes = self.changes.clone();
+            let changing = changes.lock().unwrap_or_else(|e| e.into_inner());
             let outcome = self.handle(&op, &publish, &mut transfer);
+            drop(changing);
             match &outcome {
                 Ok(_) if op == "chunk" => tracing::debug!(ms = started.elapsed().as_millis() as u64, "done"),
                 Ok(_) => tracing::info!(ms = started.elapsed().as_millis() as u64, "done"),
@@ -310,45 +314,65 @@ impl Admin {
 
     /// Publishes the outcome on the Response Topic (or the board's admin response topic).
     fn reply(&self, op: &str, publish: &Publish, outcome: Result<Value, OpError>) {
-        let props = publish.properties.clone().unwrap_or_default();
-        let op_shown = Untrusted(op).to_string();
-        let mut body = json!({"device": self.device, "op": op_shown});
-        match outcome {
-            Ok(data) => {
-                let healthy = data.get("healthy").and_then(Value::as_bool).unwrap_or(true);
-                body["status"] = json!(if healthy { "ok" } else { "error" });
-                if !healthy {
-                    body["error"] = json!("a model failed its health check");
-                }
-                body["data"] = data;
-            }
-            Err(e) => {
-                body["status"] = json!("error");
-                body["error"] = json!(Report(&e).to_string());
-            }
+        let outcome = outcome.map_err(|e| Report(&e).to_string());
+        if let Some(command) = reply(&self.topics, &self.reply_rules, op, publish, outcome) {
+            self.outbox.send_blocking(command);
         }
-        let topic = match props.response_topic {
-            Some(topic) => match self.reply_rules.check(&topic) {
-                Ok(()) => topic,
-                Err(e) => {
-                    tracing::warn!(topic = %Untrusted(&topic), error = %e, "admin reply not sent: its Response Topic is refused");
-                    return;
-                }
-            },
-            None if crate::model::repository::is_valid_model_name(op) => self.topics.admin_response(op),
-            None => return,
-        };
-        self.outbox.send_blocking(Command::Publish(Outgoing {
-            topic,
-            payload: serde_json::to_vec(&body).expect("JSON serialises"),
-            header_len: None,
-            correlation: props.correlation_data.map(|c| Bytes::copy_from_slice(&c)),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            held: None,
-            ack: None,
-        }));
     }
+}
+
+/// The reply to an admin message that the admin thread will not take: too many are waiting.
+pub(crate) fn busy(topics: &Topics, rules: &ReplyRules, op: &str, publish: &Publish) -> Option<Command> {
+    let error = format!("{QUEUE} admin operations are waiting already; retry later");
+    reply(topics, rules, op, publish, Err(error))
+}
+
+/// An admin reply, to the Response Topic if the rules allow it (else to the board's admin
+/// response topic when the request named none): `None` when there is nowhere to send it.
+fn reply(
+    topics: &Topics,
+    rules: &ReplyRules,
+    op: &str,
+    publish: &Publish,
+    outcome: Result<Value, String>,
+) -> Option<Command> {
+    let props = publish.properties.clone().unwrap_or_default();
+    let mut body = json!({"device": topics.device(), "op": Untrusted(op).to_string()});
+    match outcome {
+        Ok(data) => {
+            let healthy = data.get("healthy").and_then(Value::as_bool).unwrap_or(true);
+            body["status"] = json!(if healthy { "ok" } else { "error" });
+            if !healthy {
+                body["error"] = json!("a model failed its health check");
+            }
+            body["data"] = data;
+        }
+        Err(error) => {
+            body["status"] = json!("error");
+            body["error"] = json!(error);
+        }
+    }
+    let topic = match props.response_topic {
+        Some(topic) => match rules.check(&topic) {
+            Ok(()) => topic,
+            Err(e) => {
+                tracing::warn!(topic = %Untrusted(&topic), error = %e, "admin reply not sent: its Response Topic is refused");
+                return None;
+            }
+        },
+        None if crate::model::repository::is_valid_model_name(op) => topics.admin_response(op),
+        None => return None,
+    };
+    Some(Command::Publish(Outgoing {
+        topic,
+        payload: serde_json::to_vec(&body).expect("JSON serialises"),
+        header_len: None,
+        correlation: props.correlation_data.map(|c| Bytes::copy_from_slice(&c)),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        held: None,
+        ack: None,
+    }))
 }
 
 /// Replaces, in the repository loaded at start, each model whose state directory says it serves

@@ -9,6 +9,7 @@
 //! accepted (within `shutdown_grace_ms`), publish `stopped`, disconnect.
 
 mod links;
+mod reload;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +21,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::admin::store::{Store, StoreError};
-use crate::admin::{Admin, AdminRequest};
+use crate::admin::{Admin, AdminRequest, Announce};
 use crate::config::Config;
 use crate::dispatch::{count_overload, Dispatcher};
 use crate::model::repository::RepositoryError;
@@ -38,6 +39,7 @@ use crate::scheduler::{PoolConfig, Scheduler};
 use crate::stats::{Gauges, Stats};
 use crate::systemd;
 use links::{Broker, Links};
+use reload::Reloader;
 
 /// Replies computed but not yet handed to the MQTT client.
 const REPLY_CAPACITY: usize = 1024;
@@ -57,6 +59,8 @@ pub enum ServeError {
     Key(#[from] PackageError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::ListenError),
+    #[error("installing the SIGHUP handler: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 /// Runs the daemon until `shutdown` completes, then stops cleanly.
@@ -119,8 +123,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let publisher = tokio::spawn(publisher::run(broker.client.clone(), replies_rx, recent.clone()));
     let outbox = Arc::new(Outbox::new(replies.clone(), reply_limits));
     let default_timeout = Some(config.requests.default_timeout_ms).filter(|&ms| ms > 0).map(Duration::from_millis);
+    let swapping = Swapping {
+        scheduler: scheduler.clone(),
+        stats: stats.clone(),
+        announce: announcer(&config, &topics, &scheduler, &replies),
+        changes: Arc::default(),
+    };
+    reload_on_sighup(&config, store.clone(), cache.clone(), swapping.clone()).map_err(ServeError::Signal)?;
     let admin = match store {
-        Some(store) => Some(start_admin(&config, store, cache, &topics, &outbox, &scheduler, &stats, &replies)?),
+        Some(store) => Some(start_admin(&config, store, cache, &topics, &outbox, swapping)?),
         None => None,
     };
     tokio::spawn(
@@ -236,52 +247,106 @@ fn load_models(config: &Config) -> Result<ModelRepository, RepositoryError> {
     Ok(repository)
 }
 
+/// What the two ways of changing the served models (admin operations, SIGHUP) share.
+#[derive(Clone)]
+struct Swapping {
+    scheduler: Scheduler<ReplyTo>,
+    stats: Arc<Stats>,
+    announce: Announce,
+    /// Held while the served models change: one change at a time.
+    changes: Arc<std::sync::Mutex<()>>,
+}
+
+/// Republishes the retained status (and a changed model's metadata, and the Home Assistant
+/// configs) after the served models changed.
+fn announcer(
+    config: &Config,
+    topics: &Topics,
+    scheduler: &Scheduler<ReplyTo>,
+    replies: &mpsc::Sender<Command>,
+) -> Announce {
+    let (topics, device, scheduler, replies) =
+        (topics.clone(), config.device().to_string(), scheduler.clone(), replies.clone());
+    let homeassistant = config.metrics.homeassistant;
+    Arc::new(move |changed: Option<&Model>| {
+        let models = scheduler.models();
+        let mut messages = vec![retained_message(topics.status(), status::online(&device, &models))];
+        if let Some(model) = changed {
+            let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
+            messages.push(retained_message(topics.metadata(model.name()), metadata));
+        }
+        if homeassistant {
+            let configs = crate::mqtt::homeassistant::discovery(&topics, &device, &models);
+            messages.extend(configs.into_iter().map(|(topic, config)| retained_message(topic, config)));
+        }
+        for message in messages {
+            let _ = replies.blocking_send(message);
+        }
+    })
+}
+
+/// Reloads the repository's changed models on every SIGHUP, on a thread of its own.
+fn reload_on_sighup(
+    config: &Config,
+    store: Option<Store>,
+    cache: Option<ModelCache>,
+    swapping: Swapping,
+) -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut reloader = Reloader {
+        repository: config.models.repository.clone(),
+        cache,
+        store,
+        scheduler: swapping.scheduler,
+        stats: swapping.stats,
+        announce: swapping.announce,
+        changes: swapping.changes,
+        seen: Default::default(),
+    };
+    reloader.remember();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                reloader.reload();
+            }
+        })
+        .expect("spawning the reload thread");
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the models whose files changed");
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Starts the admin thread (`admin.enabled`); returns its queue.
-#[allow(clippy::too_many_arguments)]
 fn start_admin(
     config: &Config,
     store: Store,
     cache: Option<ModelCache>,
     topics: &Topics,
     outbox: &Arc<Outbox>,
-    scheduler: &Scheduler<ReplyTo>,
-    stats: &Arc<Stats>,
-    replies: &mpsc::Sender<Command>,
+    swapping: Swapping,
 ) -> Result<mpsc::Sender<AdminRequest>, ServeError> {
     let trusted = config.admin.trusted_keys.iter().map(|path| PublicKey::read(path)).collect::<Result<_, _>>()?;
-    let announce = {
-        let (topics, device, scheduler, replies) =
-            (topics.clone(), config.device().to_string(), scheduler.clone(), replies.clone());
-        let homeassistant = config.metrics.homeassistant;
-        Box::new(move |changed: Option<&Model>| {
-            let models = scheduler.models();
-            let mut messages = vec![retained_message(topics.status(), status::online(&device, &models))];
-            if let Some(model) = changed {
-                let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
-                messages.push(retained_message(topics.metadata(model.name()), metadata));
-            }
-            if homeassistant {
-                let configs = crate::mqtt::homeassistant::discovery(&topics, &device, &models);
-                messages.extend(configs.into_iter().map(|(topic, config)| retained_message(topic, config)));
-            }
-            for message in messages {
-                let _ = replies.blocking_send(message);
-            }
-        })
-    };
     let admin = Admin {
-        device: config.device().to_string(),
         topics: topics.clone(),
         reply_rules: ReplyRules::from_config(config),
         outbox: outbox.clone(),
-        scheduler: scheduler.clone(),
-        stats: stats.clone(),
+        scheduler: swapping.scheduler,
+        stats: swapping.stats,
         store,
         trusted,
         max_package_bytes: config.admin.max_package_bytes,
         repository: config.models.repository.clone(),
         cache,
-        announce,
+        announce: swapping.announce,
+        changes: swapping.changes,
     };
     let (tx, rx) = mpsc::channel(crate::admin::QUEUE);
     std::thread::Builder::new().name("admin".into()).spawn(move || admin.run(rx)).expect("spawning the admin thread");

@@ -36,6 +36,11 @@ impl Topics {
         Topics::new(&config.topics.base, config.device(), Some(&config.topics.fleet_group))
     }
 
+    /// This board's id.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
     /// The subscriptions that bring requests to this board.
     pub fn request_filters(&self) -> Vec<String> {
         std::iter::once(self.device_filter()).chain(self.fleet_filter()).collect()
