@@ -101,6 +101,8 @@ impl Requester {
                                 let _ = waiter.send(Reply { payload: p.payload, header_len });
                             }
                         }
+                        // `close` sent DISCONNECT: once it is written, the connection is done.
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                         Ok(_) => {}
                         Err(e) => {
                             ready_tx.send_replace(false);

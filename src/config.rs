@@ -131,8 +131,8 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Public keys (`edgeinfer keygen` writes `KEY.pub`) whose signatures deployments may carry.
     pub trusted_keys: Vec<PathBuf>,
-    /// Deployed model versions, the active one per model, and packages being received. The
-    /// unit's StateDirectory= is `/var/lib/edgeinfer`.
+    /// Deployed model versions, the active one per model, and packages being received: under
+    /// the unit's StateDirectory= (`/var/lib/edgeinfer`), beside the read-only model repository.
     pub state_dir: PathBuf,
     /// The largest package accepted; a package being received takes this much disk at most, and
     /// a board holds at most two versions of a model besides.
@@ -144,7 +144,7 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: false,
             trusted_keys: Vec::new(),
-            state_dir: PathBuf::from("/var/lib/edgeinfer"),
+            state_dir: PathBuf::from("/var/lib/edgeinfer/deployed"),
             max_package_bytes: 512 * 1024 * 1024,
         }
     }

@@ -208,4 +208,15 @@ fn the_example_acl_lets_clients_ask_and_boards_answer_but_no_client_fake_a_board
     let said = String::from_utf8_lossy(&fake.stderr).to_string();
     assert!(said.contains("not authorized") || said.contains("Not authorized"), "{said}");
     assert_eq!(status(&status_topic).unwrap()["state"], "online");
+
+    // Nor send the board (or the fleet) an admin operation: only the operator's login may.
+    for topic in [format!("edgeinfer/{device}/admin/unload"), "edgeinfer/fleet/admin/unload".to_string()] {
+        let admin = Command::new("mosquitto_pub")
+            .args(&camera)
+            .args(["-V", "mqttv5", "-t", &topic, "-q", "1", "-m", r#"{"model":"digits"}"#])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&admin.stderr).to_string();
+        assert!(said.contains("not authorized") || said.contains("Not authorized"), "{topic}: {said}");
+    }
 }
