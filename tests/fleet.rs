@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
+use edgeinfer::package::sha256_hex;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -254,6 +255,36 @@ fn refused_packages_leave_the_old_version_serving_without_a_failed_request() {
     println!("load during the refusals: {report}");
     assert_all_answered(&report);
     assert_eq!(report["model_versions"], serde_json::json!({"1": report["sent"]}));
+
+    // Damaged in transit: chunks of the wrong length are refused; the right length with the
+    // wrong bytes makes the whole package fail its sha256, and it must be sent again.
+    let offer =
+        serde_json::json!({"sha256": sha256_hex(&bytes), "size": bytes.len(), "chunk_bytes": bytes.len()}).to_string();
+    let reply = admin_rr(&broker, &board.device, "deploy", &offer);
+    assert_eq!(reply["data"]["missing"], serde_json::json!([0]), "{reply}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime.block_on(V5Client::connect(&broker, &["test/admin/chunks"]));
+    let mut chunk = |payload: &[u8]| -> Value {
+        let mut props = request_props("test/admin/chunks", b"c");
+        props.user_properties = vec![("sha256".into(), sha256_hex(&bytes)), ("index".into(), "0".into())];
+        runtime.block_on(async {
+            client.publish(&format!("edgeinfer/{}/admin/chunk", board.device), payload.to_vec(), props).await;
+            serde_json::from_slice(&client.next().await.payload).unwrap()
+        })
+    };
+    let short = chunk(&bytes[..bytes.len() / 2]);
+    assert!(short["error"].as_str().unwrap().contains("bytes;"), "a short chunk is refused: {short}");
+    let mut garbled = bytes.clone();
+    garbled[700] ^= 1;
+    let garbled = chunk(&garbled);
+    assert_eq!(garbled["data"]["missing"], 0, "{garbled}");
+    let reply = admin_rr(&broker, &board.device, "deploy", &offer);
+    assert!(reply["error"].as_str().unwrap().contains("corrupted or truncated in transit"), "{reply}");
+
+    // Refusals leave nothing stuck: the good package deploys.
+    let out = fleet_deploy(&broker, &good, &device);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(served_version(&broker, &board.device), "6");
     let log = board.log();
     assert!(log.contains("refused"), "each refusal is logged");
     assert_eq!(std::fs::read_dir(state.path().join("staging")).unwrap().count(), 0, "nothing half-unpacked is left");
