@@ -82,3 +82,74 @@ class OnnxLM:
                 return out, all_logits
             logits, cache = self.step([tok], cache, past)
             past += 1
+
+
+class BpeTokenizer:
+    """A plain-Python byte-level BPE over tokenizer.json's vocab and merges, written from the
+    algorithm (GPT-2's) rather than from the tokenizers crate, to cross-check tokenizer.json.
+
+    Pre-tokenization as llama.cpp's "smollm" pre-tokenizer: every digit a piece of its own, then
+    GPT-2's split regex; special tokens (tokenizer.json's added_tokens) are matched first,
+    anywhere in the text."""
+
+    GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+    def __init__(self, path=HERE / "tokenizer.json"):
+        import regex
+        spec = json.loads(Path(path).read_text())
+        self.vocab = spec["model"]["vocab"]
+        self.ranks = {tuple(m): i for i, m in enumerate(spec["model"]["merges"])}
+        self.specials = {t["content"]: t["id"] for t in spec["added_tokens"]}
+        alts = sorted(self.specials, key=len, reverse=True)
+        self.special_re = regex.compile("(" + "|".join(regex.escape(s) for s in alts) + ")")
+        self.digit_re = regex.compile(r"(\p{N})")
+        self.split_re = regex.compile(self.GPT2_SPLIT)
+        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+            list(range(ord("®"), ord("ÿ") + 1))
+        cs, n = bs[:], 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        self.byte_char = {b: chr(c) for b, c in zip(bs, cs)}
+        self.cache = {}
+
+    def bpe(self, word):
+        if word in self.cache:
+            return self.cache[word]
+        parts = list(word)
+        while len(parts) > 1:
+            best, best_rank = None, None
+            for i in range(len(parts) - 1):
+                r = self.ranks.get((parts[i], parts[i + 1]))
+                if r is not None and (best_rank is None or r < best_rank):
+                    best, best_rank = i, r
+            if best is None:
+                break
+            a, b = parts[best], parts[best + 1]
+            merged, i = [], 0
+            while i < len(parts):  # merge every occurrence of the pair, left to right
+                if i < len(parts) - 1 and parts[i] == a and parts[i + 1] == b:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        ids = [self.vocab[p] for p in parts]
+        self.cache[word] = ids
+        return ids
+
+    def encode(self, text):
+        ids = []
+        for chunk in self.special_re.split(text):
+            if not chunk:
+                continue
+            if chunk in self.specials:
+                ids.append(self.specials[chunk])
+                continue
+            for sub in self.digit_re.split(chunk):
+                for piece in self.split_re.findall(sub):
+                    ids.extend(self.bpe("".join(self.byte_char[b] for b in piece.encode("utf-8"))))
+        return ids
