@@ -340,17 +340,21 @@ def build_onnx(q4_0_path, out_path):
     cos = node("Unsqueeze", [node("Cos", [ang], "rope_cos_bs"), "axes_1"], "rope_cos")
     sin = node("Unsqueeze", [node("Sin", [ang], "rope_sin_bs"), "axes_1"], "rope_sin")
 
-    # causal mask [seq, past+seq]: 0 where key j <= past + i, float32 min elsewhere
-    past_len = node("Shape", ["past_key_values.0.key"], "past_len_1", start=2, end=3)
-    seq_len = node("Shape", ["input_ids"], "seq_len_1", start=1, end=2)
-    total_len = node("Add", [past_len, seq_len], "total_len_1")
-    past_s = node("Squeeze", [past_len, "axes_0"], "past_len")
-    total_s = node("Squeeze", [total_len, "axes_0"], "total_len")
-    kpos = node("Range", ["zero_i64", total_s, "one_i64"], "key_positions")
-    qpos = node("Range", [past_s, total_s, "one_i64"], "query_positions")
-    masked = node("Greater", [node("Unsqueeze", [kpos, "axes_0"], "key_row"),
-                              node("Unsqueeze", [qpos, "axes_1"], "query_col")], "mask_bool")
-    mask = node("Where", [masked, "mask_min", "mask_zero"], "causal_mask")
+    # causal mask [seq, past+seq]: 0 where key j <= past + i, float32 min elsewhere. The lengths
+    # come from present.0.key (the Concat), not from the past input: tract's KV-cache rewrite
+    # wants each past input to feed its Concat and nothing else.
+    def causal_mask():
+        total_len = node("Shape", ["present.0.key"], "total_len_1", start=2, end=3)
+        seq_len = node("Shape", ["input_ids"], "seq_len_1", start=1, end=2)
+        past_len = node("Sub", [total_len, seq_len], "past_len_1")
+        past_s = node("Squeeze", [past_len, "axes_0"], "past_len")
+        total_s = node("Squeeze", [total_len, "axes_0"], "total_len")
+        kpos = node("Range", ["zero_i64", total_s, "one_i64"], "key_positions")
+        qpos = node("Range", [past_s, total_s, "one_i64"], "query_positions")
+        masked = node("Greater", [node("Unsqueeze", [kpos, "axes_0"], "key_row"),
+                                  node("Unsqueeze", [qpos, "axes_1"], "query_col")], "mask_bool")
+        return node("Where", [masked, "mask_min", "mask_zero"], "causal_mask")
+    mask = None
 
     def rope(t, prefix):
         first = node("Slice", [t, "half_start", "half_mid", "axes_m1"], f"{prefix}_half1")
@@ -389,6 +393,8 @@ def build_onnx(q4_0_path, out_path):
                                                                  ["batch", nkv, "total_seq", hd]))
         node("Concat", [pk, k], ck, axis=2)
         node("Concat", [pv, v], cv, axis=2)
+        if mask is None:
+            mask = causal_mask()
         # grouped-query attention: query head g*rep + r reads KV head g (as llama.cpp and HF do)
         qg = node("Reshape", [q, "shape_q_grouped"], f"{p}.q_grouped")  # [b, kv, rep, s, hd]
         kg = node("Unsqueeze", [ck, "axes_2"], f"{p}.k_grouped")  # [b, kv, 1, t, hd]
@@ -530,6 +536,8 @@ def main():
     ap.add_argument("--check-llamacpp", action="store_true",
                     help="requantize with both llama.cpp and numpy and compare them byte for byte")
     ap.add_argument("--table", action="store_true", help="print every tensor of the Q4_1 file")
+    ap.add_argument("--reuse-q4_0", action="store_true",
+                    help="keep an existing SmolLM2-135M-Instruct.Q4_0.gguf (only rebuild the ONNX and tokenizer)")
     args = ap.parse_args()
     import gguf
 
@@ -547,7 +555,9 @@ def main():
             how = "llamacpp"
         except ImportError:
             how = "numpy"
-    if args.check_llamacpp:
+    if args.reuse_q4_0 and Q4_0_PATH.is_file():
+        how = "reused"
+    elif args.check_llamacpp:
         with tempfile.TemporaryDirectory(dir=HERE) as tmp:
             other = Path(tmp) / "numpy.Q4_0.gguf"
             requant_llamacpp(src, Q4_0_PATH)
