@@ -15,7 +15,9 @@
 import argparse
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,17 +41,56 @@ HARD = [
 ]
 
 
-def llama_model(vocab_only=False, threads=2):
+def llama_model(vocab_only=False, threads=2, path=None, f32_kv=False):
     try:
         from llama_cpp import Llama
     except ImportError:
         return None
-    return Llama(model_path=str(Q4_0), n_threads=threads, n_threads_batch=threads, n_ctx=512,
-                 logits_all=False, vocab_only=vocab_only, verbose=False)
+    kv = {"type_k": 0, "type_v": 0} if f32_kv else {}  # GGML_TYPE_F32 (default: F16)
+    return Llama(model_path=str(path or Q4_0), n_threads=threads, n_threads_batch=threads, n_ctx=512,
+                 logits_all=False, vocab_only=vocab_only, verbose=False, **kv)
+
+
+def write_f32_gguf(src, dst):
+    """src with every Q4_0 / Q8_0 tensor dequantized to F32: the same weights, which llama.cpp
+    then multiplies in f32 instead of quantizing the activations to Q8_0 for its dot products."""
+    import gguf
+    import ggml_q
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vt = field.types[0]
+        sub = field.types[1] if vt == gguf.GGUFValueType.ARRAY else None
+        val = int(gguf.LlamaFileType.ALL_F32) if key == "general.file_type" else field.contents()
+        w.add_key_value(key, val, vt, sub_type=sub)
+    Q = gguf.GGMLQuantizationType
+    for t in r.tensors:
+        d = np.asarray(t.data)
+        if t.tensor_type == Q.Q4_0:
+            d = ggml_q.dequantize_q4_0(d)
+        elif t.tensor_type == Q.Q8_0:
+            d = ggml_q.dequantize_q8_0(d)
+        else:
+            assert t.tensor_type == Q.F32, t.tensor_type
+        w.add_tensor(t.name, np.ascontiguousarray(d, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def llama_tokenize(llm, text):
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+def last_logits(llm):
+    """The logits llama.cpp computed for the last token of the last eval (with logits_all=False,
+    llama-cpp-python 0.3.x no longer copies them into Llama.scores)."""
+    import llama_cpp
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32)
 
 
 def llama_greedy(llm, prompt_ids, n):
@@ -59,7 +100,7 @@ def llama_greedy(llm, prompt_ids, n):
     llm.eval(prompt_ids)
     out, first_logits = [], None
     for _ in range(n):
-        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        logits = last_logits(llm)
         if first_logits is None:
             first_logits = logits
         tok = int(np.argmax(logits))
@@ -83,8 +124,13 @@ def main():
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the measurements here")
+    ap.add_argument("--f32-reference", action="store_true",
+                    help="let llama.cpp decode an F32 dequantized copy of the Q4_0 GGUF (written to a "
+                    "temporary directory, 540 MB) with an F32 KV cache: the same weights and f32 math "
+                    "on both sides, which checks the graph itself (by default llama.cpp runs the Q4_0 "
+                    "file, quantizing activations to Q8_0 in its dot products, with an F16 KV cache)")
     args = ap.parse_args()
-    report = {}
+    report = {"llamacpp_weights": "F32 copy, F32 KV cache" if args.f32_reference else "Q4_0, F16 KV cache"}
 
     # 1. tokenizer
     hf, bpe = load_tokenizer(), BpeTokenizer()
@@ -138,7 +184,15 @@ def main():
     report["kv_cache_max_abs_diff"] = diff
 
     # 3. greedy decoding
-    llm = llama_model(threads=args.threads)
+    tmp = None
+    if args.f32_reference:
+        tmp = tempfile.TemporaryDirectory()
+        f32 = Path(tmp.name) / "SmolLM2-135M-Instruct.F32.gguf"
+        write_f32_gguf(Q4_0, f32)
+        llm = llama_model(threads=args.threads, path=f32, f32_kv=True)
+        print(f"llama.cpp: on {f32.name} with an F32 KV cache")
+    else:
+        llm = llama_model(threads=args.threads)
     rows = []
     for p in PROMPTS:
         ids = hf.encode(apply_chat_template([{"role": "user", "content": p}]), add_special_tokens=False).ids
@@ -159,7 +213,7 @@ def main():
             d = np.abs(our_logits[0] - their_logits)
             row["first_logits_max_abs_diff"] = float(d.max())
             line += (f" agree: first {row['agree_leading']}/{args.n} "
-                     f"(first-step logits max |diff| {d.max():.3f})")
+                     f"(first-step logits max |diff| {d.max():.2e})")
         print(f"{p!r} {line}\n  onnx:  {row['onnx_text']!r}")
         if llm is not None and row["agree_leading"] < args.n:
             print(f"  llama: {row['llamacpp_text']!r}")
