@@ -142,12 +142,6 @@ def requant_llamacpp(src, dst):
         f"(llama-cpp-python {llama_cpp.__version__})")
 
 
-def field_value(field):
-    import gguf
-    v = field.contents()
-    return v
-
-
 def requant_numpy(src, dst):
     import gguf
     t0 = time.time()
