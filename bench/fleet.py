@@ -33,7 +33,7 @@ Prints a markdown table on stdout (progress on stderr); --raw FILE keeps every m
 1 if any request got anything but an answer. Needs root to create the groups,
 `mosquitto` and `mosquitto_sub` (mosquitto-clients) on the PATH, and an edgeinfer binary (--edgeinfer).
 
-  sudo python3 bench/fleet.py [--model digits] [--request FILE] [--boards 1,2,3,4,5,6,7,8]
+  sudo python3 bench/fleet.py [--model digits] [--models-dir DIR] [--request FILE] [--boards 1,2,3,4,5,6,7,8]
                               [--board-cpu 0.25] [--in-flight 4] [--seconds 10] [--warmup 2]
                               [--edgeinfer PATH] [--raw FILE.json]
 """
@@ -348,9 +348,12 @@ def main():
     parser = argparse.ArgumentParser(
         description="Throughput and latency against N CPU-limited edgeinfer boards on one fleet topic",
         epilog="Needs root for the cgroups; see the docstring at the top of the file.")
-    parser.add_argument("--model", default="digits", help="a model directory under models/ (default: digits)")
+    parser.add_argument("--model", default="digits", help="a model directory under --models-dir (default: digits)")
+    parser.add_argument("--models-dir", default=os.path.join(ROOT, "models"),
+                        help="the model repository (default: models/ of this checkout; the pack's model.onnx files "
+                             "are where `python3 models/fetch.py` was run)")
     parser.add_argument("--request", help="the request to send: OIP JSON, or a .jpg/.png for a model with an image "
-                                          "[preprocess] (default: models/MODEL/example-request.json)")
+                                          "[preprocess] (default: MODELS_DIR/MODEL/example-request.json)")
     parser.add_argument("--boards", type=boards_list, default=[1, 2, 3, 4, 5, 6, 7, 8],
                         help="the board counts to measure, in order (default: 1,2,3,4,5,6,7,8)")
     parser.add_argument("--board-cpu", type=float, default=0.25,
@@ -373,14 +376,17 @@ def main():
         sys.exit(f"no edgeinfer binary at {args.edgeinfer} (--edgeinfer PATH)")
     if not shutil.which("mosquitto_sub"):
         sys.exit("mosquitto_sub is not on the PATH (Debian: apt-get install mosquitto-clients)")
-    args.request = os.path.abspath(args.request or os.path.join(ROOT, "models", args.model, "example-request.json"))
+    model_dir = os.path.join(os.path.abspath(args.models_dir), args.model)
+    if not os.path.isfile(os.path.join(model_dir, "model.onnx")):
+        sys.exit(f"no {model_dir}/model.onnx (the pack: python3 models/fetch.py; or --models-dir)")
+    args.request = os.path.abspath(args.request or os.path.join(model_dir, "example-request.json"))
     groups = CpuGroups(args.board_cpu)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the boards, remove their groups
 
     workdir = tempfile.mkdtemp(prefix="edgeinfer-fleet-")
     args.repo = os.path.join(workdir, "repo")
     # a copy, not a symlink: edgeinfer's repository scan skips symlinked model directories
-    shutil.copytree(os.path.join(ROOT, "models", args.model), os.path.join(args.repo, args.model))
+    shutil.copytree(model_dir, os.path.join(args.repo, args.model))
     broker, args.broker = private_broker(args.mosquitto, workdir)
     args.port, args.broker_pid = int(args.broker.rsplit(":", 1)[1]), broker.pid
     log(f"mosquitto pid {broker.pid} at {args.broker}; cgroup v{groups.version}, {args.board_cpu} core a board; "
