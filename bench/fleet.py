@@ -253,9 +253,9 @@ def not_ok(result):
     return {k: v for k, v in result["outcomes"].items() if k != "ok"}
 
 
-def step(args, groups, n, workdir):
+def step(args, groups, n, round_, workdir):
     """Starts n boards, drives them, stops them; the figures of this N."""
-    devices = [f"n{n}-b{i}" for i in range(1, n + 1)]
+    devices = [f"r{round_}-n{n}-b{i}" for i in range(1, n + 1)]
     boards = []
     try:
         for device in devices:
@@ -304,7 +304,7 @@ def step(args, groups, n, workdir):
     daemons = sum(b["cpu_cores"] for b in per_board)
     loadgen_cores, broker, machine = ((last[k] - first[k]) / span for k in ("loadgen", "broker", "machine"))
     return {
-        "boards": n, "in_flight": in_flight, "cpu_window_s": span, "warmup": warm, "loadgen": result,
+        "boards": n, "round": round_, "in_flight": in_flight, "cpu_window_s": span, "warmup": warm, "loadgen": result,
         "errors": {**not_ok(warm), **not_ok(result)},
         "board_refused": {b["device"]: b["refused"] for b in per_board if b["refused"]},
         "per_board": per_board, "daemons_cores": daemons, "loadgen_cores": loadgen_cores, "broker_cores": broker,
@@ -312,14 +312,21 @@ def step(args, groups, n, workdir):
     }
 
 
-def table(rows, args):
+def least_disturbed(rows, boards):
+    """Per N, the round in which other processes used the least CPU."""
+    return [min((r for r in rows if r["boards"] == n), key=lambda r: r["other_cores"]) for n in sorted(set(boards))]
+
+
+def table(all_rows, args):
+    rows = least_disturbed(all_rows, args.boards)
     base = rows[0]["loadgen"]["throughput_per_s"] / rows[0]["boards"]
+    rounds = f" | answered/s, rounds {', '.join(map(str, range(1, args.rounds + 1)))}" if args.rounds > 1 else ""
     out = [
         f"| boards | in flight | answered/s | per board | vs N x {rows[0]['boards']}-board rate | p50 ms | p90 ms "
         f"| p99 ms | errors | answered per board, min-max | board CPU mean / max (quota {args.board_cpu}) "
         f"| throttled periods | boards' CPU | loadgen CPU | mosquitto CPU | machine busy (of {os.cpu_count()}) "
-        f"| other processes |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|--:|--:|--:|--:|--:|--:|",
+        f"| other processes{rounds} |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|--:|--:|--:|--:|--:|--:|" + ("---|" if rounds else ""),
     ]
     for r in rows:
         lg, n, pb = r["loadgen"], r["boards"], r["per_board"]
@@ -328,12 +335,19 @@ def table(rows, args):
         errors = {**r["errors"], **{f"{d}:{k}": v for d, e in r["board_refused"].items() for k, v in e.items()}}
         out.append(
             f"| {n} | {r['in_flight']} | {lg['throughput_per_s']:,.1f} | {lg['throughput_per_s'] / n:,.1f} "
-            f"| {lg['throughput_per_s'] / (n * base):.0%} | {lg['p50_ms']:.1f} | {lg['p90_ms']:.1f} | {lg['p99_ms']:.1f} "
+            f"| {lg['throughput_per_s'] / (n * base):.0%} | {lg['p50_ms']:.1f} | {lg['p90_ms']:.1f} "
+            f"| {lg['p99_ms']:.1f} "
             f"| {', '.join(f'{k}={v}' for k, v in sorted(errors.items())) or '0'} "
             f"| {min(answered):,}-{max(answered):,} | {sum(cores) / n:.3f} / {max(cores):.3f} "
             f"| {sum(b['throttled_share'] for b in pb) / n:.0%} | {r['daemons_cores']:.2f} | {r['loadgen_cores']:.2f} "
             f"| {r['broker_cores']:.2f} | {r['machine_cores']:.2f} | {r['other_cores']:.2f} |"
+            + (" " + ", ".join(f"{x['loadgen']['throughput_per_s']:,.0f}"
+                               for x in sorted((x for x in all_rows if x["boards"] == n), key=lambda x: x["round"]))
+               + " |" if rounds else "")
         )
+    if args.rounds > 1:
+        out.append(f"\nPer N, the round of {args.rounds} in which other processes used the least CPU (rounds alternate "
+                   "ascending and descending N); every round is in --raw.")
     return "\n".join(out)
 
 
@@ -361,7 +375,11 @@ def main():
     parser.add_argument("--in-flight", type=int, default=4,
                         help="requests in flight per board: loadgen's --concurrency is this x N (default: 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per N (default: 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement (default: 2)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="sweeps over --boards, alternately ascending and descending; the table shows, per N, "
+                             "the round least disturbed by other processes (default: 1)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of load before each measurement (default: 2)")
     parser.add_argument("--edgeinfer", default=default_edgeinfer(),
                         help="the binary (default: the release build in /tmp/edgeinfer-release, target/release, "
                              "then target/debug)")
@@ -370,6 +388,8 @@ def main():
     parser.add_argument("--raw", help="also write every measurement as JSON to this file")
     args = parser.parse_args()
     args.margin = min(1.0, args.seconds / 4)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if not 0 < args.board_cpu <= os.cpu_count():
         parser.error(f"--board-cpu must be in (0, {os.cpu_count()}]")
     if not os.access(args.edgeinfer, os.X_OK):
@@ -393,14 +413,17 @@ def main():
         f"{args.edgeinfer}; request {args.request}; logs in {workdir}")
     rows = []
     try:
-        for n in args.boards:
-            row = step(args, groups, n, workdir)
-            rows.append(row)
-            lg = row["loadgen"]
-            log(f"  {n} board(s), {row['in_flight']} in flight: {lg['throughput_per_s']:.1f}/s, p50 {lg['p50_ms']:.1f} "
-                f"p99 {lg['p99_ms']:.1f} ms, answered {[b['answered'] for b in row['per_board']]}, boards "
-                f"{row['daemons_cores']:.2f} + loadgen {row['loadgen_cores']:.2f} + mosquitto {row['broker_cores']:.2f} "
-                f"of {row['machine_cores']:.2f} busy cores, errors {row['errors'] or 0}")
+        for round_ in range(1, args.rounds + 1):
+            for n in args.boards if round_ % 2 else args.boards[::-1]:
+                row = step(args, groups, n, round_, workdir)
+                rows.append(row)
+                lg = row["loadgen"]
+                log(f"  round {round_}, {n} board(s), {row['in_flight']} in flight: {lg['throughput_per_s']:.1f}/s, "
+                    f"p50 {lg['p50_ms']:.1f} p99 {lg['p99_ms']:.1f} ms, "
+                    f"answered {[b['answered'] for b in row['per_board']]}, "
+                    f"boards {row['daemons_cores']:.2f} + loadgen {row['loadgen_cores']:.2f} + mosquitto "
+                    f"{row['broker_cores']:.2f} of {row['machine_cores']:.2f} busy cores (other processes "
+                    f"{row['other_cores']:.2f}), errors {row['errors'] or 0}")
     finally:
         for name in list(groups.groups):  # a board that failed to start
             groups.remove(name)
