@@ -29,7 +29,10 @@ The load generator and the broker run unconstrained on the same cores as the boa
 board, 8 boards alone would take all of a 2-core machine, so the curve bends where the boards' quotas plus
 the client's and the broker's CPU reach the machine's cores.
 
-Prints a markdown table on stdout (progress on stderr); --raw FILE keeps every measurement as JSON. Exits
+Prints a markdown table on stdout (progress on stderr), closed by where the curve should bend: the CPU per
+answer of a board, of loadgen and of Mosquitto, measured where the boards held their quota, give the N at
+which N quotas plus the client's and the broker's share fill the cores, next to the first N whose boards
+fell below 95 % of their quota. --raw FILE keeps every measurement as JSON. Exits
 1 if any request got anything but an answer. Needs root to create the groups,
 `mosquitto` and `mosquitto_sub` (mosquitto-clients) on the PATH, and an edgeinfer binary (--edgeinfer).
 
@@ -348,7 +351,27 @@ def table(all_rows, args):
     if args.rounds > 1:
         out.append(f"\nPer N, the round of {args.rounds} in which other processes used the least CPU (rounds alternate "
                    "ascending and descending N); every round is in --raw.")
+    out.append("\n" + bend(rows, args))
     return "\n".join(out)
+
+
+def bend(rows, args):
+    """Where the curve should bend and where it did: the boards stop growing the total once the quotas of N boards
+    plus the CPU that loadgen and Mosquitto spend on their answers fill the machine's cores."""
+    held = [r for r in rows if r["daemons_cores"] / r["boards"] >= 0.95 * args.board_cpu]
+    if not held:
+        return f"No N held every board at 95 % of its {args.board_cpu} core: no bend to read."
+    answers = sum(r["loadgen"]["throughput_per_s"] for r in held)
+    board, client, broker = (sum(r[k] for r in held) / answers * 1000
+                             for k in ("daemons_cores", "loadgen_cores", "broker_cores"))
+    expected = os.cpu_count() / (args.board_cpu * (1 + (client + broker) / board))
+    below = [r["boards"] for r in rows if r not in held]
+    return (f"CPU per answer where the boards held their quota (N = {', '.join(str(r['boards']) for r in held)}): "
+            f"board {board:.3f} ms, loadgen {client:.3f} ms, mosquitto {broker:.3f} ms; on an otherwise idle machine "
+            f"{os.cpu_count()} cores / ({args.board_cpu} core x (1 + {client + broker:.3f} / {board:.3f})) = "
+            f"{expected:.1f} boards fill it. Measured: "
+            + (f"the first N whose boards fall below 95 % of their quota is {min(below)}." if below else
+               f"every N up to {rows[-1]['boards']} held its quota."))
 
 
 def boards_list(text):
