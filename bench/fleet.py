@@ -37,7 +37,7 @@ fell below 95 % of their quota. --raw FILE keeps every measurement as JSON. Exit
 `mosquitto` and `mosquitto_sub` (mosquitto-clients) on the PATH, and an edgeinfer binary (--edgeinfer).
 
   sudo python3 bench/fleet.py [--model digits] [--models-dir DIR] [--request FILE] [--boards 1,2,3,4,5,6,7,8]
-                              [--board-cpu 0.25] [--in-flight 4] [--seconds 10] [--warmup 2]
+                              [--board-cpu 0.25] [--in-flight 4] [--seconds 10] [--rounds 1] [--warmup 2]
                               [--edgeinfer PATH] [--raw FILE.json]
 """
 
