@@ -165,3 +165,31 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_profile_shares_an_inference_among_the_plans_operators() {
+    let models = repo_root().join("models");
+    let out = edgeinfer(&[
+        "bench",
+        "digits",
+        "--models",
+        models.to_str().unwrap(),
+        "--profile",
+        "--seconds",
+        "0.2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let operators = v["operators"].as_array().unwrap();
+    let ops: Vec<&str> = operators.iter().map(|o| o["op"].as_str().unwrap()).collect();
+    assert!(ops.contains(&"OptMatMul"), "digits is matrix products: {ops:?}");
+    let shares: f64 = operators.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 1e-6, "the shares add up: {shares}");
+    assert!(v["runs"].as_u64().unwrap() >= 5);
+    assert!(v["ms_in_nodes_per_run"].as_f64().unwrap() <= v["ms_per_run"].as_f64().unwrap());
+    let slowest = v["slowest_nodes"].as_array().unwrap();
+    assert!(!slowest.is_empty() && slowest.len() <= 10);
+    let times: Vec<f64> = slowest.iter().map(|n| n["ms_per_run"].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "slowest first: {times:?}");
+}

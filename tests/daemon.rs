@@ -471,7 +471,8 @@ async fn a_full_queue_answers_busy_at_once_and_every_request_gets_exactly_one_re
     let mut payload = header.clone().into_bytes();
     payload.extend(std::iter::repeat_n(0u8, rows * 256));
     let payload = Bytes::from(payload);
-    let sent = 10;
+    // Enough that some arrive while the worker computes, even on a loaded machine (10 once did not).
+    let sent = 20;
     for i in 0..sent {
         let mut props = request_props("test/busy", format!("{i}").as_bytes());
         props.user_properties.push(("inference-header-content-length".into(), header.len().to_string()));

@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// instructions under an emulator (bench/arm-proxy.sh)
     #[arg(long, value_name = "N", conflicts_with = "image")]
     iterations: Option<usize>,
+    /// Time each node of the plan instead (one thread, on the inputs above made pseudo-random,
+    /// for `--seconds`): the operators by share of the time, and the slowest nodes
+    #[arg(long, conflicts_with = "iterations")]
+    profile: bool,
     /// Load through the model cache in this directory (what `models.cache_dir` does for the
     /// daemon): the first run writes it, later runs show the cached load time [default: no cache]
     #[arg(long, value_name = "DIR")]
@@ -68,6 +72,9 @@ struct Latency {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.profile {
+        return profile(&args);
+    }
     let result = measure(&args)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&result)?)?;
@@ -94,6 +101,115 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         outln!("throughput 1 thr {:.1} inferences/s", l.per_s)?;
         outln!("throughput {} thr {:.1} inferences/s", result.threads, result.throughput_per_s)?;
         outln!("peak RSS         {:.1} MB", result.peak_rss_mb)?;
+    }
+    Ok(())
+}
+
+/// Operators by their share of an inference's time, then the slowest nodes.
+#[derive(Debug, Serialize)]
+struct ProfileResult {
+    model: String,
+    batch: usize,
+    runs: usize,
+    /// Wall time per inference, and the part spent inside nodes.
+    ms_per_run: f64,
+    ms_in_nodes_per_run: f64,
+    operators: Vec<OperatorTime>,
+    slowest_nodes: Vec<NodeShare>,
+}
+
+#[derive(Debug, Serialize)]
+struct OperatorTime {
+    op: String,
+    nodes: usize,
+    ms_per_run: f64,
+    share: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeShare {
+    name: String,
+    op: String,
+    ms_per_run: f64,
+    share: f64,
+}
+
+/// How many of the slowest nodes `--profile` lists.
+const SLOWEST_NODES: usize = 10;
+
+fn profile(args: &BenchArgs) -> anyhow::Result<()> {
+    let model =
+        ModelRepository::load_one(&args.models, &args.model, args.cache_dir.clone().map(ModelCache::new).as_ref())?;
+    let mut inputs = model.zero_inputs(args.batch)?;
+    fill_pseudo_random(&mut inputs)?;
+    if let Some(path) = &args.image {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let Some(prepared) = model.preprocess_image(&bytes) else {
+            anyhow::bail!("model \"{}\" has no image pre-processing ([preprocess] kind = \"image\")", args.model);
+        };
+        let prepared = prepared?;
+        let input = model.preprocess_input().expect("an image model has a preprocess input");
+        let stacked: Vec<&Tensor> = (0..args.batch).map(|_| &prepared).collect();
+        inputs[input] = Tensor::stack_tensors(0, &stacked)?.into_tvalue();
+    }
+    // One run first: scratch buffers, and a frame-size plan for a detector, are not profiled.
+    let once = Instant::now();
+    model.run(inputs.clone())?;
+    let runs = ((args.seconds / once.elapsed().as_secs_f64().max(1e-6)) as usize).clamp(5, 100_000);
+    let profile = model.profile(inputs, runs)?;
+    let in_nodes: Duration = profile.nodes.iter().map(|n| n.time).sum();
+    let per_run = |d: Duration| d.as_secs_f64() * 1e3 / runs as f64;
+    let share = |d: Duration| d.as_secs_f64() / in_nodes.as_secs_f64().max(1e-12);
+    let mut by_op: std::collections::BTreeMap<&str, (usize, Duration)> = Default::default();
+    for node in &profile.nodes {
+        let entry = by_op.entry(node.op.as_str()).or_default();
+        entry.0 += 1;
+        entry.1 += node.time;
+    }
+    let mut operators: Vec<OperatorTime> = by_op
+        .into_iter()
+        .map(|(op, (nodes, time))| OperatorTime { op: op.into(), nodes, ms_per_run: per_run(time), share: share(time) })
+        .collect();
+    operators.sort_by(|a, b| b.ms_per_run.total_cmp(&a.ms_per_run));
+    let mut nodes = profile.nodes.clone();
+    nodes.sort_by_key(|n| std::cmp::Reverse(n.time));
+    let result = ProfileResult {
+        model: args.model.clone(),
+        batch: args.batch,
+        runs,
+        ms_per_run: per_run(profile.total),
+        ms_in_nodes_per_run: per_run(in_nodes),
+        operators,
+        slowest_nodes: nodes
+            .iter()
+            .take(SLOWEST_NODES)
+            .map(|n| NodeShare {
+                name: n.name.clone(),
+                op: n.op.clone(),
+                ms_per_run: per_run(n.time),
+                share: share(n.time),
+            })
+            .collect(),
+    };
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&result)?)?;
+        return Ok(());
+    }
+    outln!(
+        "model {} (batch {}), {} runs: {:.3} ms per run, {:.3} ms of it in nodes",
+        result.model,
+        result.batch,
+        result.runs,
+        result.ms_per_run,
+        result.ms_in_nodes_per_run
+    )?;
+    outln!("{:<28} {:>6} {:>12} {:>7}", "operator", "nodes", "ms per run", "share")?;
+    for op in &result.operators {
+        outln!("{:<28} {:>6} {:>12.3} {:>6.1}%", op.op, op.nodes, op.ms_per_run, op.share * 100.0)?;
+    }
+    outln!("slowest nodes:")?;
+    for node in &result.slowest_nodes {
+        outln!("  {:<50} {:<20} {:>9.3} ms {:>6.1}%", node.name, node.op, node.ms_per_run, node.share * 100.0)?;
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ mod pipeline;
 mod plans;
 pub(crate) mod postprocess;
 mod prepare;
+pub mod profile;
 pub mod repository;
 mod run;
 pub(crate) mod session;

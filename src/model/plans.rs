@@ -101,11 +101,15 @@ impl Plans {
     }
 
     pub(super) fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        self.plan_for(&inputs)?.run(inputs)
+    }
+
+    /// The plan a run of these inputs takes.
+    pub(super) fn plan_for(&self, inputs: &[TValue]) -> TractResult<Arc<TypedRunnableModel>> {
         if let Some(by_size) = &self.by_size {
-            let plan = by_size.plan(inputs[by_size.input].shape())?;
-            return plan.run(inputs);
+            return by_size.plan(inputs[by_size.input].shape());
         }
-        self.choose(&inputs).1.run(inputs)
+        Ok(self.choose(inputs).1.clone())
     }
 
     /// Runs every plan once, on the inputs `zeros` makes for its batch size (the symbolic one on
