@@ -60,15 +60,15 @@ def tract_profile(edgeinfer, model, seconds):
                           "--seconds", str(seconds)], check=True, capture_output=True, text=True)
     result = json.loads(out.stdout)
     ops = {o["op"]: o["ms_per_run"] for o in result["operators"]}
-    return result["ms_per_run"], ops
+    return result["ms_per_run"], ops, result["input_shapes"]
 
 
-def random_inputs(session):
-    """The same kind of inputs as edgeinfer bench: pseudo-random in [-1, 1), batch 1."""
+def random_inputs(session, shapes):
+    """The same kind of inputs as edgeinfer bench: pseudo-random in [-1, 1), of the shapes tract
+    profiled (the graph's inputs in order; a free dimension took tract's warm-up size)."""
     rng = np.random.default_rng(1)
     feeds = {}
-    for i in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+    for i, shape in zip(session.get_inputs(), shapes):
         if i.type == "tensor(float)":
             feeds[i.name] = rng.uniform(-1, 1, shape).astype(np.float32)
         else:
@@ -76,7 +76,7 @@ def random_inputs(session):
     return feeds
 
 
-def ort_profile(model, seconds):
+def ort_profile(model, seconds, shapes):
     path = os.path.join(ROOT, "models", model, "model.onnx")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -85,7 +85,7 @@ def ort_profile(model, seconds):
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "ort")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        feeds = random_inputs(session)
+        feeds = random_inputs(session, shapes)
         session.run(None, feeds)  # the first run allocates; not counted below
         runs = 0
         begin = time.perf_counter()
@@ -138,15 +138,16 @@ def main():
     details = []
     for model in args.models:
         try:
-            tract_ms, tract_ops = tract_profile(edgeinfer, model, args.seconds)
+            tract_ms, tract_ops, shapes = tract_profile(edgeinfer, model, args.seconds)
         except subprocess.CalledProcessError as e:
             details.append(f"### {model}\n\ntract profile failed: {e.stderr.strip()[:300]}\n")
             continue
-        ort_ms, ort_ops = ort_profile(model, args.seconds)
+        ort_ms, ort_ops = ort_profile(model, args.seconds, shapes)
         tf, of = families(tract_ops), families(ort_ops)
         cells = [f"{tf.get(k, 0):.2f} / {of.get(k, 0):.2f}" for k in ("conv/matmul", "pooling", "the rest")]
         summary.append(f"| {model} | {tract_ms:.2f} | {ort_ms:.2f} | {tract_ms / ort_ms:.2f} | " + " | ".join(cells) + " |")
-        details.append(f"### {model}\n\n{table('tract', tract_ms, tract_ops)}\n\n{table('onnxruntime', ort_ms, ort_ops)}\n")
+        shown = ", ".join("x".join(map(str, s)) for s in shapes)
+        details.append(f"### {model} (inputs {shown})\n\n{table('tract', tract_ms, tract_ops)}\n\n{table('onnxruntime', ort_ms, ort_ops)}\n")
     print("\n".join(summary))
     print()
     print("\n".join(details))

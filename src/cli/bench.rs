@@ -110,6 +110,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 struct ProfileResult {
     model: String,
     batch: usize,
+    /// The shape of each input profiled (a free dimension takes the warm-up size).
+    input_shapes: Vec<Vec<usize>>,
     runs: usize,
     /// Wall time per inference, and the part spent inside nodes.
     ms_per_run: f64,
@@ -156,6 +158,7 @@ fn profile(args: &BenchArgs) -> anyhow::Result<()> {
     let once = Instant::now();
     model.run(inputs.clone())?;
     let runs = ((args.seconds / once.elapsed().as_secs_f64().max(1e-6)) as usize).clamp(5, 100_000);
+    let input_shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
     let profile = model.profile(inputs, runs)?;
     let in_nodes: Duration = profile.nodes.iter().map(|n| n.time).sum();
     let per_run = |d: Duration| d.as_secs_f64() * 1e3 / runs as f64;
@@ -176,6 +179,7 @@ fn profile(args: &BenchArgs) -> anyhow::Result<()> {
     let result = ProfileResult {
         model: args.model.clone(),
         batch: args.batch,
+        input_shapes,
         runs,
         ms_per_run: per_run(profile.total),
         ms_in_nodes_per_run: per_run(in_nodes),
