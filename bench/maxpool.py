@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A minimal reproduction for tract upstream: one ONNX MaxPool, tract against onnxruntime.
 
-bench/profile.py found squeezenet's three MaxPools (kernel 3, stride 2, no padding) taking a fifth
+bench/operators.py found squeezenet's three MaxPools (kernel 3, stride 2, no padding) taking a fifth
 of tract's inference time, about 30 times what onnxruntime spends on them. This script builds a
 graph of that one operator at each of squeezenet's three shapes, times it in tract
 (`edgeinfer bench --profile`, one thread: the per-node time of tract's plan) and in onnxruntime
@@ -23,17 +23,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from operators import find_edgeinfer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # squeezenet's MaxPool inputs (models/squeezenet: the onnx package's light model).
 SHAPES = [(1, 64, 111, 111), (1, 128, 55, 55), (1, 256, 27, 27)]
-
-
-def find_edgeinfer(given):
-    for candidate in [given, "/tmp/edgeinfer-release/release/edgeinfer", os.path.join(ROOT, "target/release/edgeinfer"),
-                      os.path.join(ROOT, "target/debug/edgeinfer")]:
-        if candidate and os.path.exists(candidate):
-            return candidate
-    sys.exit("maxpool.py: no edgeinfer binary (cargo build --release, or --edgeinfer PATH)")
 
 
 def write_model(directory, shape):

@@ -15,7 +15,7 @@ engines' milliseconds per inference. The comparison is per inference and per ope
   pooling       tract: *Pool*                                         onnxruntime: *Pool*
   the rest
 
-Usage: python3 bench/profile.py [--models squeezenet resnet50 ...] [--seconds 3] [--edgeinfer PATH]
+Usage: python3 bench/operators.py [--models squeezenet resnet50 ...] [--seconds 3] [--edgeinfer PATH]
 Prints markdown. Timings are wall time on this machine: run it when nothing else runs.
 """
 
@@ -52,7 +52,7 @@ def find_edgeinfer(given):
                       os.path.join(ROOT, "target/debug/edgeinfer")]:
         if candidate and os.path.exists(candidate):
             return candidate
-    sys.exit("profile.py: no edgeinfer binary (cargo build --release, or --edgeinfer PATH)")
+    sys.exit("operators.py: no edgeinfer binary (cargo build --release, or --edgeinfer PATH)")
 
 
 def tract_profile(edgeinfer, model, seconds):
