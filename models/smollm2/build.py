@@ -29,8 +29,8 @@ model.onnx (opset 17 + com.microsoft 1), all float32 activations:
            Concat directly (the input -> Concat -> output pattern of tract's KV-cache rewrite)
   No attention_mask: every sequence of a batch has the same length and past (no padding); the
   causal mask lets query i see keys 0 ..= past_seq+i.
-  token embedding: Gather on the f32 dequantized Q8_0 token_embd table (exact); the output head is
-  tied to it (no output.weight in the file): MatMul with the same table transposed.
+  token embedding: the f32 dequantized Q8_0 token_embd table (exact), stored transposed as the output
+  head (tied: no output.weight in the file) for MatMul, and gathered by column for the lookup.
   per block: SimplifiedLayerNormalization (RMSNorm, eps from the GGUF) -> MatMulNBits q/k/v (bits 4,
   block 32, default zero point 8 = Q4_0) -> RoPE (HF rotate_half form on q/k rows un-permuted from
   the GGUF converter's order, base 100000) -> Concat with the past -> grouped-query attention
@@ -333,8 +333,25 @@ def build_onnx(q4_0_path, out_path):
     else:
         sys.exit(f"build.py: token_embd.weight is {emb.tensor_type.name}: not handled")
     assert table.shape == (hp.n_vocab, hp.n_embd), table.shape
-    const("token_embd.weight", table)
-    x = node("Gather", ["token_embd.weight", "input_ids"], "embeddings", axis=0)
+    # The head gets the table to itself, stored as MatMul wants it ([n_embd, n_vocab]): a constant
+    # that tract packs once, when it optimises the plan. Shared with the lookup (or as
+    # MatMul(x, Transpose(table))), tract packed the 113 MB table again on every run: 138 of a
+    # one-token step's 170 ms (edgeinfer bench --profile). The lookup reads the Q8_0 blocks
+    # themselves (28 MB of int8 codes, one scale per 32) and multiplies out only the rows it takes,
+    # in f32 as dequantize_row_q8_0 does: the same values as the head's.
+    const("output_head", np.ascontiguousarray(table.T))
+    if emb.tensor_type == Q.Q8_0:
+        blocks = np.asarray(emb.data).reshape(hp.n_vocab, -1, 34)
+        const("token_embd.codes", blocks[..., 2:].copy().view(np.int8))
+        const("token_embd.scales", blocks[..., 0:2].copy().view(np.float16).astype(np.float32))
+        codes = node("Cast", [node("Gather", ["token_embd.codes", "input_ids"], axis=0)], "embd_codes_f32",
+                     to=TensorProto.FLOAT)
+        rows = node("Mul", [codes, node("Gather", ["token_embd.scales", "input_ids"], axis=0)], "embd_blocks")
+        const("shape_embd", np.array([0, 0, hp.n_embd], np.int64))
+        x = node("Reshape", [rows, "shape_embd"], "embeddings")
+    else:
+        const("token_embd.weight", table)
+        x = node("Gather", ["token_embd.weight", "input_ids"], "embeddings", axis=0)
 
     # rotary cos/sin [batch, 1, seq, hd] from position_ids
     pos = node("Cast", ["position_ids"], "positions_f32", to=TensorProto.FLOAT)
@@ -424,8 +441,7 @@ def build_onnx(q4_0_path, out_path):
     x = rms_norm(x, "output_norm.weight")
     if "output.weight" in T:
         sys.exit("build.py: a separate output.weight is not handled (this file ties it)")
-    head = node("Transpose", ["token_embd.weight"], "output_head_t", perm=[1, 0])
-    node("MatMul", [x, head], "logits")
+    node("MatMul", [x, "output_head"], "logits")
 
     graph = helper.make_graph(nodes, "smollm2_135m_instruct_q4_0", graph_inputs,
                               graph_outputs + present_outputs, inits)
