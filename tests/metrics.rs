@@ -125,4 +125,17 @@ fn home_assistant_discovery_describes_the_board_and_each_model() {
         retained(&broker, &format!("homeassistant/sensor/{}_status/config", plain.device)).is_none(),
         "off by default"
     );
+
+    // A model that leaves (here: its directory, then SIGHUP) takes its sensors and metadata along.
+    let models = models_dir_with(&["digits"]);
+    let leaving = Daemon::start(&broker, models.path(), "[metrics]\nhomeassistant = true\n");
+    let sensor = format!("homeassistant/sensor/{}_digits_answered/config", leaving.device);
+    let metadata = format!("edgeinfer/{}/models/digits", leaving.device);
+    assert!(retained(&broker, &sensor).is_some() && retained(&broker, &metadata).is_some());
+    std::fs::remove_dir_all(models.path().join("digits")).unwrap();
+    leaving.signal("HUP");
+    wait_until("the sensor config is cleared", || retained(&broker, &sensor).is_none());
+    assert!(retained(&broker, &metadata).is_none(), "the model's retained metadata is cleared too");
+    let status = retained(&broker, &format!("edgeinfer/{}/status", leaving.device)).unwrap();
+    assert_eq!(status["models"], json!([]), "{status}");
 }

@@ -68,8 +68,16 @@ enum OpError {
     Store(#[from] store::StoreError),
 }
 
+/// What changed in the served models, for [`Announce`].
+pub(crate) enum Change<'a> {
+    /// This model (a new one, or a new version) is served now.
+    Served(&'a Model),
+    /// The model of this name is no longer served.
+    Unloaded(&'a str),
+}
+
 /// Publishes the board's retained status, and the changed model's metadata, after a change.
-pub(crate) type Announce = Arc<dyn Fn(Option<&Model>) + Send + Sync>;
+pub(crate) type Announce = Arc<dyn Fn(Change<'_>) + Send + Sync>;
 
 /// What the admin thread needs.
 pub(crate) struct Admin {
@@ -148,7 +156,7 @@ impl Admin {
                 let request: ModelRequest = parse("unload", &publish.payload)?;
                 let model = self.scheduler.unload(&request.model).ok_or(OpError::NotServed(request.model.clone()))?;
                 self.store.unloaded(&request.model)?;
-                (self.announce)(None);
+                (self.announce)(Change::Unloaded(&request.model));
                 tracing::info!(model = %request.model, version = %model.version(), "unloaded");
                 Ok(json!({"model": request.model, "unloaded": model.version()}))
             }
@@ -262,7 +270,7 @@ impl Admin {
         let replaced = self.scheduler.serve(model.clone());
         self.stats.add_model(name);
         self.store.activated(name, &source, before.as_ref())?;
-        (self.announce)(Some(&model));
+        (self.announce)(Change::Served(&model));
         tracing::info!(
             model = %name,
             version = %model.version(),

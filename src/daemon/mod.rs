@@ -21,7 +21,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::admin::store::{Store, StoreError};
-use crate::admin::{Admin, AdminRequest, Announce};
+use crate::admin::{Admin, AdminRequest, Announce, Change};
 use crate::config::Config;
 use crate::dispatch::{count_overload, Dispatcher};
 use crate::model::repository::RepositoryError;
@@ -258,7 +258,7 @@ struct Swapping {
 }
 
 /// Republishes the retained status (and a changed model's metadata, and the Home Assistant
-/// configs) after the served models changed.
+/// configs) after the served models changed; an unloaded model's retained messages are cleared.
 fn announcer(
     config: &Config,
     topics: &Topics,
@@ -268,12 +268,22 @@ fn announcer(
     let (topics, device, scheduler, replies) =
         (topics.clone(), config.device().to_string(), scheduler.clone(), replies.clone());
     let homeassistant = config.metrics.homeassistant;
-    Arc::new(move |changed: Option<&Model>| {
+    Arc::new(move |change: Change<'_>| {
         let models = scheduler.models();
         let mut messages = vec![retained_message(topics.status(), status::online(&device, &models))];
-        if let Some(model) = changed {
-            let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
-            messages.push(retained_message(topics.metadata(model.name()), metadata));
+        match change {
+            Change::Served(model) => {
+                let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
+                messages.push(retained_message(topics.metadata(model.name()), metadata));
+            }
+            // An empty retained message deletes the retained one (MQTT's way).
+            Change::Unloaded(name) => {
+                messages.push(retained_message(topics.metadata(name), Vec::new()));
+                if homeassistant {
+                    let configs = crate::mqtt::homeassistant::model_configs(&device, name);
+                    messages.extend(configs.into_iter().map(|topic| retained_message(topic, Vec::new())));
+                }
+            }
         }
         if homeassistant {
             let configs = crate::mqtt::homeassistant::discovery(&topics, &device, &models);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::admin::store::{Source, Store};
-use crate::admin::Announce;
+use crate::admin::{Announce, Change};
 use crate::model::repository::is_valid_model_name;
 use crate::model::{Model, ModelCache};
 use crate::mqtt::reply::ReplyTo;
@@ -98,7 +98,7 @@ impl Reloader {
                     let model = Arc::new(model);
                     let replaced = self.scheduler.serve(model.clone());
                     self.stats.add_model(name);
-                    (self.announce)(Some(&model));
+                    (self.announce)(Change::Served(&model));
                     tracing::info!(model = %name, replaced = replaced.is_some(), "reloaded from the repository");
                     reloaded += 1;
                 }
@@ -112,7 +112,7 @@ impl Reloader {
         for gone in self.seen.keys().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>() {
             self.seen.remove(&gone);
             if !self.managed_elsewhere(&gone) && self.scheduler.unload(&gone).is_some() {
-                (self.announce)(None);
+                (self.announce)(Change::Unloaded(&gone));
                 tracing::warn!(model = %gone, "its directory left the repository; unloaded");
             }
         }

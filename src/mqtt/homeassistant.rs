@@ -19,6 +19,12 @@ fn object_id(text: &str) -> String {
     text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
+/// The discovery config topics of one model's sensors (answered, errors), in that order.
+pub fn model_configs(device: &str, model: &str) -> [String; 2] {
+    let (id, model_id) = (object_id(device), object_id(model));
+    ["answered", "errors"].map(|what| format!("{PREFIX}/sensor/{id}_{model_id}_{what}/config"))
+}
+
 /// The retained discovery configs for this board and its models.
 pub fn discovery(topics: &Topics, device: &str, models: &[Arc<Model>]) -> Vec<(String, Vec<u8>)> {
     let id = object_id(device);
@@ -45,12 +51,15 @@ pub fn discovery(topics: &Topics, device: &str, models: &[Arc<Model>]) -> Vec<(S
     for model in models {
         let model_id = object_id(model.name());
         // Names are quoted for Jinja; model names hold no quotes (repository::is_valid_model_name).
-        for (what, template) in [
+        for ((what, template), topic) in [
             ("answered", format!("{{{{ value_json.models['{}'].answered }}}}", model.name())),
             ("errors", format!("{{{{ value_json.models['{}'].errors.values() | sum }}}}", model.name())),
-        ] {
+        ]
+        .into_iter()
+        .zip(model_configs(device, model.name()))
+        {
             configs.push((
-                format!("{PREFIX}/sensor/{id}_{model_id}_{what}/config"),
+                topic,
                 json!({
                     "name": format!("{} {what}", model.name()),
                     "unique_id": format!("edgeinfer_{id}_{model_id}_{what}"),
