@@ -124,8 +124,7 @@ impl Operator {
     /// Runs `op` on `device` and returns the reply's `data` (a health report that is not
     /// healthy, or any `"status":"error"`, is an error).
     pub async fn op(&self, device: &str, op: &str, request: &Value) -> Result<Value, FleetError> {
-        let payload = serde_json::to_vec(request).expect("JSON serialises");
-        admin_reply(device, self.send(device, op, payload, RequestMeta::default(), self.timeout).await?)
+        self.op_with_timeout(device, op, request, self.timeout).await
     }
 
     async fn send(
