@@ -21,7 +21,6 @@ Needs llama-cpp-python (llama.cpp built from source by pip). For each prompt of 
 """
 
 import argparse
-import hashlib
 import json
 import platform
 import re
@@ -30,18 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from build import sha256
 from runtime import HERE, PROMPTS, OnnxLM, apply_chat_template, load_tokenizer
 from verify import Q4_0, leading_agreement, llama_greedy, llama_model, llama_tokenize, write_f32_gguf
 
 OUT = HERE.parent.parent / "tests" / "fixtures" / "smollm2" / "llamacpp_greedy.json"
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main():
