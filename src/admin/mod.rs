@@ -176,10 +176,7 @@ impl Admin {
             .map(|name| {
                 let served = self.scheduler.model(name);
                 let source = self.store.active(name).unwrap_or(Source::Repository);
-                let dir = match &source {
-                    Source::Repository => self.repository.join(name),
-                    Source::Deployed(version) => self.store.version_dir(name, version),
-                };
+                let dir = self.dir_of(name, &source);
                 json!({
                     "name": name,
                     "served": served.is_some(),
@@ -187,10 +184,7 @@ impl Admin {
                     "source": match source { Source::Repository => "repository", Source::Deployed(_) => "deployed" },
                     "sha256": served.as_ref().and_then(|_| package::file_sha256(&dir.join("model.onnx")).ok()),
                     "held": self.store.versions(name),
-                    "previous": self.store.previous(name).map(|p| match p {
-                        Source::Repository => "repository".to_string(),
-                        Source::Deployed(v) => v,
-                    }),
+                    "previous": self.store.previous(name).map(|p| p.label().to_string()),
                 })
             })
             .collect();
@@ -247,19 +241,13 @@ impl Admin {
     /// the version served before goes on serving.
     fn activate(&mut self, name: &str, source: Source) -> Result<Value, OpError> {
         let refused = |message: String| OpError::Refused { version: source.clone(), message };
-        let dir = match &source {
-            Source::Repository => self.repository.join(name),
-            Source::Deployed(version) => {
-                let dir = self.store.version_dir(name, version);
-                if !dir.is_dir() {
-                    let held = self.store.versions(name);
-                    return Err(OpError::NoSuchVersion { model: name.into(), what: source.to_string(), held });
-                }
-                dir
-            }
-        };
+        let dir = self.dir_of(name, &source);
+        if matches!(source, Source::Deployed(_)) && !dir.is_dir() {
+            let held = self.store.versions(name);
+            return Err(OpError::NoSuchVersion { model: name.into(), what: source.to_string(), held });
+        }
         let started = Instant::now();
-        let model = load(name, &dir, &source, self.cache.as_ref()).map_err(&refused)?;
+        let model = load(name, &dir, source.deployed(), self.cache.as_ref()).map_err(&refused)?;
         let load_ms = started.elapsed().as_millis() as u64;
         let checks = match std::fs::read(dir.join(package::GOLDEN)) {
             Ok(goldens) => golden::check(&model, &goldens).map_err(|e| refused(format!("its checks failed: {e}")))?,
@@ -288,6 +276,14 @@ impl Admin {
         }))
     }
 
+    /// Where `source` of model `name` loads from.
+    fn dir_of(&self, name: &str, source: &Source) -> PathBuf {
+        match source {
+            Source::Repository => self.repository.join(name),
+            Source::Deployed(version) => self.store.version_dir(name, version),
+        }
+    }
+
     /// Runs every served model once on its warm-up input (and a deployed version's checks).
     fn health(&self) -> Result<Value, OpError> {
         let mut report = serde_json::Map::new();
@@ -302,11 +298,10 @@ impl Admin {
                 Err(panic) => Some(crate::panics::panic_message(panic.as_ref())),
             };
             let error = error.or_else(|| {
-                let dir = match self.store.active(model.name()) {
-                    Some(Source::Deployed(version)) => self.store.version_dir(model.name(), &version),
-                    _ => return None,
+                let source @ Source::Deployed(_) = self.store.active(model.name())? else {
+                    return None;
                 };
-                let goldens = std::fs::read(dir.join(package::GOLDEN)).ok()?;
+                let goldens = std::fs::read(self.dir_of(model.name(), &source).join(package::GOLDEN)).ok()?;
                 golden::check(&model, &goldens).err().map(|e| e.to_string())
             });
             entry["ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
@@ -398,11 +393,10 @@ pub(crate) fn restore(
             repository.remove(&name);
             continue;
         }
-        let Some(source @ Source::Deployed(_)) = store.active(&name) else {
+        let Some(Source::Deployed(version)) = store.active(&name) else {
             continue;
         };
-        let Source::Deployed(version) = &source else { unreachable!() };
-        match load(&name, &store.version_dir(&name, version), &source, cache) {
+        match load(&name, &store.version_dir(&name, &version), Some(&version), cache) {
             Ok(model) => {
                 tracing::info!(model = %name, %version, "serving the version last activated");
                 repository.insert(Arc::new(model));
@@ -420,8 +414,13 @@ pub(crate) fn restore(
 
 /// Loads one version of a model. A deployed version may name only its own files (labels,
 /// dictionary) and may not be a pipeline (whose steps are other models of the repository).
-fn load(name: &str, dir: &std::path::Path, source: &Source, cache: Option<&ModelCache>) -> Result<Model, String> {
-    if let Source::Deployed(version) = source {
+fn load(
+    name: &str,
+    dir: &std::path::Path,
+    deployed: Option<&str>,
+    cache: Option<&ModelCache>,
+) -> Result<Model, String> {
+    if deployed.is_some() {
         let manifest = ModelManifest::read(dir).map_err(|e| Report(&e).to_string())?.unwrap_or_default();
         if manifest.pipeline.is_some() {
             return Err("a pipeline cannot be deployed as a package; deploy its steps".into());
@@ -433,11 +432,12 @@ fn load(name: &str, dir: &std::path::Path, source: &Source, cache: Option<&Model
                 return Err(format!("model.toml names {}, which is not a file of the package", file.display()));
             }
         }
-        let mut model = Model::load(name, dir, cache).map_err(|e| Report(&e).to_string())?;
-        model.set_version(version);
-        return Ok(model);
     }
-    Model::load(name, dir, cache).map_err(|e| Report(&e).to_string())
+    let mut model = Model::load(name, dir, cache).map_err(|e| Report(&e).to_string())?;
+    if let Some(version) = deployed {
+        model.set_version(version);
+    }
+    Ok(model)
 }
 
 /// The `model` an operation's JSON names, checked before it goes near a path.

@@ -44,6 +44,22 @@ impl Source {
             Source::Deployed(v) => v,
         }
     }
+
+    /// The deployed version, if it is one.
+    pub fn deployed(&self) -> Option<&str> {
+        match self {
+            Source::Repository => None,
+            Source::Deployed(v) => Some(v),
+        }
+    }
+
+    /// How admin replies name it: the version, or `repository`.
+    pub fn label(&self) -> &str {
+        match self {
+            Source::Repository => "repository",
+            Source::Deployed(v) => v,
+        }
+    }
 }
 
 impl std::fmt::Display for Source {

@@ -12,8 +12,7 @@ use std::time::SystemTime;
 
 use crate::admin::store::{Source, Store};
 use crate::admin::{Announce, Change};
-use crate::model::repository::is_valid_model_name;
-use crate::model::{Model, ModelCache};
+use crate::model::{Model, ModelCache, ModelRepository};
 use crate::mqtt::reply::ReplyTo;
 use crate::report::Report;
 use crate::scheduler::Scheduler;
@@ -53,26 +52,16 @@ pub(super) struct Reloader {
 impl Reloader {
     /// Remembers what the models served from the repository look like now.
     pub fn remember(&mut self) {
-        for name in self.repository_models() {
+        for name in self.repository_models().unwrap_or_default() {
             self.seen.insert(name.clone(), fingerprint(&self.repository.join(&name)));
         }
     }
 
-    fn repository_models(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.repository)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| is_valid_model_name(name))
-            .filter(|name| {
-                let dir = self.repository.join(name);
-                dir.join("model.onnx").exists() || dir.join("model.toml").exists()
-            })
-            .collect();
-        names.sort();
-        names
+    /// The repository's model directories now; an unreadable repository serves on as it was.
+    fn repository_models(&self) -> Option<Vec<String>> {
+        ModelRepository::model_names(&self.repository)
+            .inspect_err(|e| tracing::error!(error = %Report(e), "SIGHUP: repository not reloaded"))
+            .ok()
     }
 
     /// Whether `name` serves a version the repository does not hold, or was unloaded on purpose.
@@ -83,7 +72,9 @@ impl Reloader {
     /// Serves the repository as it is now. Blocking (loads models).
     pub fn reload(&mut self) {
         let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let names = self.repository_models();
+        let Some(names) = self.repository_models() else {
+            return;
+        };
         let (mut reloaded, mut failed) = (0, 0);
         for name in &names {
             if self.managed_elsewhere(name) {

@@ -46,28 +46,7 @@ impl ModelRepository {
     /// Loads every model under `dir`, through `cache` when there is one. A model that fails is
     /// reported in the returned list and left out; the others still serve.
     pub fn load(dir: &Path, cache: Option<&ModelCache>) -> Result<(ModelRepository, Vec<LoadError>), RepositoryError> {
-        let unreadable = |source| RepositoryError::Unreadable { dir: dir.to_path_buf(), source };
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(unreadable)? {
-            let entry = entry.map_err(unreadable)?;
-            // `Path::is_dir` follows symlinks: a model directory may be a link into a model store.
-            if !entry.path().is_dir() {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Neither a model file nor a model.toml: a directory of something else (scripts,
-            // examples in sub-directories, such as models/yolo_synthetic).
-            if !entry.path().join("model.onnx").exists() && !entry.path().join("model.toml").exists() {
-                tracing::debug!(directory = %entry.path().display(), "skipped: no model.onnx or model.toml");
-                continue;
-            }
-            if is_valid_model_name(&name) {
-                names.push(name);
-            } else if !name.starts_with('.') {
-                tracing::warn!(directory = %entry.path().display(), "skipped: not a valid model name");
-            }
-        }
-        names.sort();
+        let names = Self::model_names(dir)?;
         let mut repository = ModelRepository::default();
         let mut failures = Vec::new();
         // Pipelines after the models they are made of, which they share.
@@ -116,6 +95,34 @@ impl ModelRepository {
             }
         }
         Ok((repository, failures))
+    }
+
+    /// The names of the model directories under `dir`, sorted: directories holding a model.onnx
+    /// or a model.toml, with a valid model name (others are logged and skipped).
+    pub fn model_names(dir: &Path) -> Result<Vec<String>, RepositoryError> {
+        let unreadable = |source| RepositoryError::Unreadable { dir: dir.to_path_buf(), source };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+            let entry = entry.map_err(unreadable)?;
+            // `Path::is_dir` follows symlinks: a model directory may be a link into a model store.
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Neither a model file nor a model.toml: a directory of something else (scripts,
+            // examples in sub-directories, such as models/yolo_synthetic).
+            if !entry.path().join("model.onnx").exists() && !entry.path().join("model.toml").exists() {
+                tracing::debug!(directory = %entry.path().display(), "skipped: no model.onnx or model.toml");
+                continue;
+            }
+            if is_valid_model_name(&name) {
+                names.push(name);
+            } else if !name.starts_with('.') {
+                tracing::warn!(directory = %entry.path().display(), "skipped: not a valid model name");
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Loads the one model `name` from `dir` (through `cache` when there is one), for commands that
