@@ -149,9 +149,11 @@ impl Operator {
         chunk_bytes: u64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Value, FleetError> {
-        let offer = json!({"sha256": package::sha256_hex(package), "size": package.len(), "chunk_bytes": chunk_bytes});
-        let sha256 = offer["sha256"].as_str().expect("a string").to_string();
+        let sha256 = package::sha256_hex(package);
+        let offer = json!({"sha256": sha256, "size": package.len(), "chunk_bytes": chunk_bytes});
         let size = package.len() as u64;
+        // The bytes the board holds while `missing` chunks are still to come.
+        let held = |missing: u64| size.saturating_sub(missing * chunk_bytes);
         for _ in 0..ROUNDS {
             // Installing, loading and checking the model happen in the reply to the last offer.
             let reply =
@@ -161,7 +163,7 @@ impl Operator {
                 return Ok(reply);
             };
             let missing: Vec<u64> = missing.iter().filter_map(Value::as_u64).collect();
-            progress(size.saturating_sub(missing.len() as u64 * chunk_bytes));
+            progress(held(missing.len() as u64));
             let mut sent = 0u64;
             for window in missing.chunks(WINDOW) {
                 let mut sends = tokio::task::JoinSet::new();
@@ -184,7 +186,7 @@ impl Operator {
                     result.expect("a chunk task does not panic")?;
                 }
                 sent += window.len() as u64;
-                progress(size.saturating_sub((missing.len() as u64 - sent) * chunk_bytes).min(size));
+                progress(held(missing.len() as u64 - sent));
             }
         }
         Err(FleetError::Incomplete { device: device.into() })
