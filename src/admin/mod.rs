@@ -70,13 +70,13 @@ enum OpError {
 
 /// What changed in the served models, for [`Announce`].
 pub(crate) enum Change<'a> {
-    /// This model (a new one, or a new version) is served now.
-    Served(&'a Model),
+    /// A model (a new one, or a new version) is served now.
+    Served,
     /// The model of this name is no longer served.
     Unloaded(&'a str),
 }
 
-/// Publishes the board's retained status, and the changed model's metadata, after a change.
+/// Republishes the board's retained messages (status, every model's metadata) after a change.
 pub(crate) type Announce = Arc<dyn Fn(Change<'_>) + Send + Sync>;
 
 /// What the admin thread needs.
@@ -258,7 +258,7 @@ impl Admin {
         let replaced = self.scheduler.serve(model.clone());
         self.stats.add_model(name);
         self.store.activated(name, &source, before.as_ref())?;
-        (self.announce)(Change::Served(&model));
+        (self.announce)(Change::Served);
         tracing::info!(
             model = %name,
             version = %model.version(),

@@ -65,8 +65,8 @@ pub enum ServeError {
 
 /// Runs the daemon until `shutdown` completes, then stops cleanly.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let mut repository = load_models(&config)?;
     let cache = config.models.cache_dir().map(ModelCache::new);
+    let mut repository = load_models(&config, cache.as_ref())?;
     let store = match config.admin.enabled {
         true => {
             let store = Store::open(&config.admin.state_dir)?;
@@ -116,7 +116,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         })
     };
     let admin_filters = if store.is_some() { topics.admin_filters() } else { Vec::new() };
-    let broker = Broker::connect(&config, &topics, &links, retained, admin_filters, connected)?;
+    let broker = Broker::connect(&config, &topics, &links, retained.clone(), admin_filters, connected)?;
 
     let (replies, replies_rx) = mpsc::channel(REPLY_CAPACITY);
     let recent = Arc::new(Recent::default());
@@ -126,7 +126,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let swapping = Swapping {
         scheduler: scheduler.clone(),
         stats: stats.clone(),
-        announce: announcer(&config, &topics, &scheduler, &replies),
+        announce: announcer(&config, &topics, retained, &replies),
         changes: Arc::default(),
     };
     reload_on_sighup(&config, store.clone(), cache.clone(), swapping.clone()).map_err(ServeError::Signal)?;
@@ -226,18 +226,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
 /// Loads every model of the repository. A model that fails is logged and left out: the others
 /// still serve.
-fn load_models(config: &Config) -> Result<ModelRepository, RepositoryError> {
+fn load_models(config: &Config, cache: Option<&ModelCache>) -> Result<ModelRepository, RepositoryError> {
     systemd::status("loading models");
     crate::model::image::DecodeBudget::configure(
         config.requests.max_image_pixels,
         config.requests.max_decode_bytes as u64,
     );
-    let cache = config.models.cache_dir().map(ModelCache::new);
-    match &cache {
+    match cache {
         Some(cache) => tracing::info!(dir = %cache.dir().display(), "model cache on"),
         None => tracing::info!("model cache off (set models.cache_dir)"),
     }
-    let (repository, failures) = ModelRepository::load(&config.models.repository, cache.as_ref())?;
+    let (repository, failures) = ModelRepository::load(&config.models.repository, cache)?;
     for failure in &failures {
         tracing::error!("{}; the other models still serve", Report(failure));
     }
@@ -257,38 +256,23 @@ struct Swapping {
     changes: Arc<std::sync::Mutex<()>>,
 }
 
-/// Republishes the retained status (and a changed model's metadata, and the Home Assistant
-/// configs) after the served models changed; an unloaded model's retained messages are cleared.
-fn announcer(
-    config: &Config,
-    topics: &Topics,
-    scheduler: &Scheduler<ReplyTo>,
-    replies: &mpsc::Sender<Command>,
-) -> Announce {
-    let (topics, device, scheduler, replies) =
-        (topics.clone(), config.device().to_string(), scheduler.clone(), replies.clone());
+/// Republishes what the board publishes retained at every connection (status, metadata, Home
+/// Assistant configs) after the served models changed; an unloaded model's retained messages are
+/// cleared first.
+fn announcer(config: &Config, topics: &Topics, retained: Retained, replies: &mpsc::Sender<Command>) -> Announce {
+    let (topics, device, replies) = (topics.clone(), config.device().to_string(), replies.clone());
     let homeassistant = config.metrics.homeassistant;
     Arc::new(move |change: Change<'_>| {
-        let models = scheduler.models();
-        let mut messages = vec![retained_message(topics.status(), status::online(&device, &models))];
-        match change {
-            Change::Served(model) => {
-                let metadata = serde_json::to_vec(model.metadata()).expect("metadata serialises");
-                messages.push(retained_message(topics.metadata(model.name()), metadata));
-            }
-            // An empty retained message deletes the retained one (MQTT's way).
-            Change::Unloaded(name) => {
-                messages.push(retained_message(topics.metadata(name), Vec::new()));
-                if homeassistant {
-                    let configs = crate::mqtt::homeassistant::model_configs(&device, name);
-                    messages.extend(configs.into_iter().map(|topic| retained_message(topic, Vec::new())));
-                }
+        let mut messages = Vec::new();
+        // An empty retained message deletes the retained one (MQTT's way).
+        if let Change::Unloaded(name) = change {
+            messages.push(retained_message(topics.metadata(name), Vec::new()));
+            if homeassistant {
+                let configs = crate::mqtt::homeassistant::model_configs(&device, name);
+                messages.extend(configs.into_iter().map(|topic| retained_message(topic, Vec::new())));
             }
         }
-        if homeassistant {
-            let configs = crate::mqtt::homeassistant::discovery(&topics, &device, &models);
-            messages.extend(configs.into_iter().map(|(topic, config)| retained_message(topic, config)));
-        }
+        messages.extend(retained().into_iter().map(|(topic, payload)| retained_message(topic, payload)));
         for message in messages {
             let _ = replies.blocking_send(message);
         }

@@ -89,7 +89,7 @@ impl Reloader {
                     let model = Arc::new(model);
                     let replaced = self.scheduler.serve(model.clone());
                     self.stats.add_model(name);
-                    (self.announce)(Change::Served(&model));
+                    (self.announce)(Change::Served);
                     tracing::info!(model = %name, replaced = replaced.is_some(), "reloaded from the repository");
                     reloaded += 1;
                 }
